@@ -1,0 +1,77 @@
+// attnkit — the reference attention kernel: the oracle every other backend is tested against.
+//
+// Straight from the definition: for each query row, every visible key's logit in fp64, a
+// two-pass softmax (max, then sum) in fp64, the weighted sum of values in fp64, one rounding to
+// the output type at the end. No tiling, no online rescaling, no approximation of exp — so that
+// a bug in the fast kernels cannot be mirrored here.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <vector>
+
+#include "attnkit/backend/tags.hpp"
+#include "attnkit/core/float16.hpp"
+#include "attnkit/core/options.hpp"
+#include "attnkit/core/tensor_view.hpp"
+#include "attnkit/mask/tile.hpp"
+
+namespace attnkit {
+namespace detail {
+
+template <class TQ, class TK, class TV, class TO, class Mask, class Executor>
+void attention_impl(backend::reference, tensor_view<const TQ, 3> q, tensor_view<const TK, 3> k,
+                    tensor_view<const TV, 3> v, tensor_view<TO, 3> out, const Mask& mask,
+                    const attention_params& p, Executor& executor) {
+  const index_t d = p.head_dim;
+  // One item per query head: each writes only its own output rows and LSE row.
+  executor(static_cast<std::size_t>(p.q_heads), [&](std::size_t item) {
+    const index_t h = static_cast<index_t>(item);
+    const index_t kv_h = h / p.group_size;
+    std::vector<double> logits(static_cast<std::size_t>(p.kv_tokens));
+    std::vector<double> acc(static_cast<std::size_t>(d));
+    for (index_t i = 0; i < p.q_tokens; ++i) {
+      const position q_pos = p.query_position(i);
+      double row_max = -std::numeric_limits<double>::infinity();
+      for (index_t j = 0; j < p.kv_tokens; ++j) {
+        double s = -std::numeric_limits<double>::infinity();
+        if (mask.allows(q_pos, j, h)) {
+          double dot = 0.0;
+          for (index_t c = 0; c < d; ++c)
+            dot += double(to_float(q(i, h, c))) * double(to_float(k(j, kv_h, c)));
+          s = double(p.scale) * dot;
+          if (p.softcap > 0.0f) s = double(p.softcap) * std::tanh(s / double(p.softcap));
+          if (p.alibi_slopes != nullptr) {
+            const double slope = p.alibi_slopes[h * p.alibi_stride];
+            s -= slope * std::fabs(double(q_pos - j));
+          }
+          if (s > row_max) row_max = s;
+        }
+        logits[static_cast<std::size_t>(j)] = s;
+      }
+      for (auto& a : acc) a = 0.0;
+      double sum = 0.0;
+      if (row_max != -std::numeric_limits<double>::infinity()) {
+        for (index_t j = 0; j < p.kv_tokens; ++j) {
+          const double s = logits[static_cast<std::size_t>(j)];
+          if (s == -std::numeric_limits<double>::infinity()) continue;
+          const double w = std::exp(s - row_max);
+          sum += w;
+          for (index_t c = 0; c < d; ++c)
+            acc[static_cast<std::size_t>(c)] += w * double(to_float(v(j, kv_h, c)));
+        }
+      }
+      // A row that sees no key is defined as zeros with log-sum-exp -inf (never 0/0 = NaN).
+      for (index_t c = 0; c < d; ++c)
+        out(i, h, c) = from_float<TO>(
+            sum > 0.0 ? static_cast<float>(acc[static_cast<std::size_t>(c)] / sum) : 0.0f);
+      if (!p.log_sum_exp.empty())
+        p.log_sum_exp(h, i) = sum > 0.0 ? static_cast<float>(row_max + std::log(sum))
+                                        : -std::numeric_limits<float>::infinity();
+    }
+  });
+}
+
+}  // namespace detail
+}  // namespace attnkit

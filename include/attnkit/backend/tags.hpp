@@ -1,0 +1,48 @@
+// attnkit — backend tags: the first argument of every front door picks the hardware at compile time.
+//
+//   attnkit::attention(attnkit::backend::reference{}, q, k, v, out, mask);   // the oracle
+//   attnkit::attention(attnkit::cpu, q, k, v, out, mask);                    // xsimd, best arch
+//   attnkit::attention(attnkit::backend::simd<xsimd::avx2>{}, ...);          // a chosen arch
+//   attnkit::attention(attnkit::backend::cuda{stream}, ...);                 // nvcc builds only
+//
+// Overload resolution on the tag selects the implementation: no virtual call, no registry.
+// simd<xsimd::avx2> and simd<xsimd::avx512bw> can live in one binary (compile that translation
+// unit with the ISA enabled), so an engine can still dispatch at run time if it wants to.
+#pragma once
+
+#include <xsimd/xsimd.hpp>
+
+// cudaStream_t is `CUstream_st*`; naming the struct lets CPU-only code hold a cuda tag without
+// the CUDA headers.
+struct CUstream_st;
+
+namespace attnkit {
+namespace backend {
+
+// Plain loops with fp64 accumulation and a two-pass softmax: slow, obviously right, the oracle
+// every other backend is tested against.
+struct reference {};
+
+// FlashAttention-2-style tiles on xsimd micro-kernels for the given architecture.
+template <class Arch = xsimd::default_arch>
+struct simd {
+  using arch_type = Arch;
+};
+
+// The CUDA backend: kernels are enqueued on `stream`. Its kernels live in
+// <attnkit/cuda.cuh> and are compiled by nvcc only.
+struct cuda {
+  CUstream_st* stream = nullptr;
+};
+
+template <class T>
+inline constexpr bool is_simd_v = false;
+template <class Arch>
+inline constexpr bool is_simd_v<simd<Arch>> = true;
+
+}  // namespace backend
+
+// The default CPU backend: xsimd at the best architecture this translation unit was compiled for.
+inline constexpr backend::simd<> cpu{};
+
+}  // namespace attnkit

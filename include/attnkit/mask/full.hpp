@@ -1,0 +1,18 @@
+// attnkit — full: every query sees every key (encoders, cross-attention, decode over a cache).
+#pragma once
+
+#include "attnkit/mask/tile.hpp"
+
+namespace attnkit {
+
+struct full {
+  ATTNKIT_HOST_DEVICE constexpr tile_kind classify(position_range, position_range,
+                                                   head_index) const noexcept {
+    return tile_kind::full;
+  }
+  ATTNKIT_HOST_DEVICE constexpr bool allows(position, position, head_index) const noexcept {
+    return true;
+  }
+};
+
+}  // namespace attnkit
