@@ -10,7 +10,7 @@
 // unit with the ISA enabled), so an engine can still dispatch at run time if it wants to.
 #pragma once
 
-#include <xsimd/xsimd.hpp>
+#include "attnkit/core/simd_include.hpp"
 
 // cudaStream_t is `CUstream_st*`; naming the struct lets CPU-only code hold a cuda tag without
 // the CUDA headers.

@@ -16,7 +16,7 @@
 #include "attnkit/core/config.hpp"
 
 #if defined(__F16C__) && !defined(__CUDA_ARCH__)
-#include <immintrin.h>
+#include "attnkit/core/intrinsics.hpp"
 #define ATTNKIT_HAS_F16C 1
 #endif
 

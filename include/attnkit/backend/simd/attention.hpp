@@ -1,11 +1,225 @@
-// TEMPORARY placeholder: forwards to the reference kernel until the SIMD kernel lands.
+// attnkit — the CPU (xsimd) backend of attention(): work decomposition, split-KV, results.
+//
+// A call is cut into work items (KV head × query tile × key split). A query tile holds every
+// query head that shares the KV head (GQA packing), so each K/V row is staged once per tile for
+// the whole group. Causal tiles are issued from the most expensive (last query tile) to the
+// cheapest, so the executor's dynamic scheduling balances them. When heads × query tiles are too
+// few to keep every thread busy — decode, above all — the key range is split as well
+// (flash-decoding): each split produces a normalised partial output and its log-sum-exp, and
+// the splits are merged exactly with the log-sum-exp rule of core/softmax_state.hpp.
 #pragma once
-#include "attnkit/backend/reference/attention.hpp"
-namespace attnkit::detail {
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <type_traits>
+
+#include "attnkit/core/simd_include.hpp"
+
+#include "attnkit/backend/simd/attention_tiles.hpp"
+#include "attnkit/backend/simd/convert.hpp"
+#include "attnkit/backend/simd/scratch.hpp"
+#include "attnkit/backend/tags.hpp"
+#include "attnkit/core/float16.hpp"
+#include "attnkit/core/options.hpp"
+#include "attnkit/core/tensor_view.hpp"
+#include "attnkit/parallel/executor.hpp"
+
+namespace attnkit {
+namespace detail {
+namespace simd {
+
+// A split must hold at least this many keys: below it, the merge and the per-item setup cost
+// more than the parallelism returns.
+inline constexpr index_t min_split_keys = 512;
+
+struct work_plan {
+  index_t tile_tokens = 1;
+  index_t query_tiles = 1;
+  index_t splits = 1;
+  index_t split_keys = 0;
+  index_t padded_rows = 0;
+  index_t padded_dim = 0;
+  bool row_kernel = false;
+
+  index_t tiles() const noexcept { return query_tiles; }
+};
+
+template <class A>
+work_plan plan_work(const attention_params& p, std::size_t threads) {
+  constexpr index_t width = xsimd::batch<float, A>::size;
+  work_plan plan;
+  const index_t group = p.group_size;
+  plan.padded_dim = round_up(p.head_dim, width);
+  // Fewer rows in the whole call than vector lanes: lay the head dimension across the lanes.
+  plan.row_kernel = p.q_tokens * group < width;
+  // Otherwise aim for 4 vectors of rows per tile: the micro-kernel's full panel width.
+  const index_t target_rows = 4 * width;
+  plan.tile_tokens = plan.row_kernel ? p.q_tokens
+                                     : std::clamp<index_t>(target_rows / group, 1, p.q_tokens);
+  plan.query_tiles = (p.q_tokens + plan.tile_tokens - 1) / plan.tile_tokens;
+  plan.padded_rows = round_up(plan.tile_tokens * group, width);
+
+  const index_t base_items = p.kv_heads * plan.query_tiles;
+  const index_t wanted = 4 * static_cast<index_t>(threads);
+  if (base_items < wanted && p.kv_tokens >= 2 * min_split_keys)
+    plan.splits = std::min((wanted + base_items - 1) / base_items, p.kv_tokens / min_split_keys);
+  plan.split_keys = round_up((p.kv_tokens + plan.splits - 1) / std::max<index_t>(plan.splits, 1),
+                             key_block);
+  if (plan.split_keys == 0) plan.split_keys = key_block;
+  plan.splits = std::max<index_t>(1, (p.kv_tokens + plan.split_keys - 1) / plan.split_keys);
+  return plan;
+}
+
+// Writes normalised rows of one tile to `out` (and the log-sum-exp, converted from base 2).
+template <class TO>
+void emit_rows(const attention_params& p, const tile_job& job, index_t padded_dim,
+               const float* o_rows, const float* lse2, tensor_view<TO, 3> out) {
+  const index_t group = p.group_size;
+  const index_t rows = job.tokens * group;
+  for (index_t r = 0; r < rows; ++r) {
+    const index_t token = job.token_begin + r / group;
+    const index_t head = job.kv_head * group + r % group;
+    TO* destination = out.row(token, head);
+    const float* source = o_rows + r * padded_dim;
+    const index_t stride = out.stride(2);
+    for (index_t c = 0; c < p.head_dim; ++c) destination[c * stride] = from_float<TO>(source[c]);
+    if (!p.log_sum_exp.empty()) p.log_sum_exp(head, token) = lse2[r] * ln2;
+  }
+}
+
+// Divides each row by its sum and turns (m, l) into the base-2 log-sum-exp; rows that saw no key
+// become zeros with -inf.
+inline void normalise_rows(index_t rows, index_t padded_dim, float* o_rows, const float* m,
+                           const float* l, float* lse2) {
+  for (index_t r = 0; r < rows; ++r) {
+    const bool seen = l[r] > 0.0f;
+    const float inverse = seen ? 1.0f / l[r] : 0.0f;
+    float* o = o_rows + r * padded_dim;
+    for (index_t c = 0; c < padded_dim; ++c) o[c] *= inverse;
+    lse2[r] = seen ? m[r] + std::log2(l[r]) : -std::numeric_limits<float>::infinity();
+  }
+}
+
+template <class A, index_t D, class TQ, class TKV, class TO, class Mask, class Executor>
+void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
+                   tensor_view<const TKV, 3> v, tensor_view<TO, 3> out, const Mask& mask,
+                   const attention_params& p, Executor& executor) {
+  const work_plan plan = plan_work<A>(p, parallel::concurrency_of(executor));
+  const index_t rp = plan.padded_rows;
+  const index_t dp = plan.padded_dim;
+  const index_t group = p.group_size;
+  const tile_context<TKV, Mask> context{k, v, &mask, &p, dp, rp};
+  const float q_multiplier = query_multiplier(p);
+
+  const index_t kernel_scratch =
+      plan.row_kernel ? row_tile_scratch(rp, dp) : column_tile_scratch(rp, dp);
+  const index_t item_floats = 2 * rp * dp + 3 * rp + kernel_scratch;
+
+  // Split-KV partial results, one slot per (tile, split): normalised rows and base-2 lse.
+  const index_t base_items = p.kv_heads * plan.query_tiles;
+  const index_t slot_floats = rp * dp + rp;
+  float* partials = plan.splits > 1
+                        ? call_scratch().reserve(static_cast<std::size_t>(
+                              base_items * plan.splits * slot_floats))
+                        : nullptr;
+
+  auto job_for = [&](index_t base, index_t split) {
+    const index_t kv_head = base % p.kv_heads;
+    const index_t tile = plan.query_tiles - 1 - base / p.kv_heads;  // expensive tiles first
+    tile_job job;
+    job.kv_head = kv_head;
+    job.token_begin = tile * plan.tile_tokens;
+    job.tokens = std::min(plan.tile_tokens, p.q_tokens - job.token_begin);
+    job.kv_begin = split * plan.split_keys;
+    job.kv_end = std::min(p.kv_tokens, job.kv_begin + plan.split_keys);
+    return job;
+  };
+
+  const auto items = static_cast<std::size_t>(base_items * plan.splits);
+  executor(items, [&](std::size_t item) {
+    const index_t base = static_cast<index_t>(item) / plan.splits;
+    const index_t split = static_cast<index_t>(item) % plan.splits;
+    const tile_job job = job_for(base, split);
+    const index_t rows = job.tokens * group;
+
+    float* q_rows = item_scratch().reserve(static_cast<std::size_t>(item_floats));
+    float* o_rows = q_rows + rp * dp;
+    float* m = o_rows + rp * dp;
+    float* l = m + rp;
+    float* lse2 = l + rp;
+    float* work = lse2 + rp;
+
+    for (index_t t = 0; t < job.tokens; ++t)
+      stage_rows<A>(q.row(job.token_begin + t, job.kv_head * group), q.stride(1), q.stride(2),
+                    group, p.head_dim, q_rows + t * group * dp, dp, dp, q_multiplier);
+    if (plan.row_kernel)
+      row_tile<A, D>(context, job, q_rows, o_rows, m, l, work);
+    else
+      column_tile<A, D>(context, job, q_rows, o_rows, m, l, work);
+    normalise_rows(rows, dp, o_rows, m, l, lse2);
+
+    if (plan.splits == 1) {
+      emit_rows(p, job, dp, o_rows, lse2, out);
+    } else {
+      float* slot = partials + (base * plan.splits + split) * slot_floats;
+      std::copy(o_rows, o_rows + rows * dp, slot);
+      std::copy(lse2, lse2 + rows, slot + rp * dp);
+    }
+  });
+  if (plan.splits == 1) return;
+
+  // Merge the splits of each tile: weights 2^(lse_s - max) normalised, exactly as merge_states.
+  executor(static_cast<std::size_t>(base_items), [&](std::size_t item) {
+    const index_t base = static_cast<index_t>(item);
+    const tile_job job = job_for(base, 0);
+    const index_t rows = job.tokens * group;
+    float* merged = item_scratch().reserve(static_cast<std::size_t>(rp * dp + rp));
+    float* merged_lse2 = merged + rp * dp;
+    const float* first_slot = partials + base * plan.splits * slot_floats;
+    for (index_t r = 0; r < rows; ++r) {
+      float top = -std::numeric_limits<float>::infinity();
+      for (index_t s = 0; s < plan.splits; ++s)
+        top = std::max(top, first_slot[s * slot_floats + rp * dp + r]);
+      float* o = merged + r * dp;
+      std::fill(o, o + dp, 0.0f);
+      if (top == -std::numeric_limits<float>::infinity()) {
+        merged_lse2[r] = top;
+        continue;
+      }
+      float total = 0.0f;
+      for (index_t s = 0; s < plan.splits; ++s) {
+        const float* slot = first_slot + s * slot_floats;
+        const float weight = std::exp2(slot[rp * dp + r] - top);
+        if (weight == 0.0f) continue;
+        total += weight;
+        for (index_t c = 0; c < dp; ++c) o[c] += weight * slot[r * dp + c];
+      }
+      for (index_t c = 0; c < dp; ++c) o[c] /= total;
+      merged_lse2[r] = top + std::log2(total);
+    }
+    emit_rows(p, job, dp, merged, merged_lse2, out);
+  });
+}
+
+}  // namespace simd
+
+// The backend entry: pick the compile-time head-dim fast path, then run.
 template <class Arch, class TQ, class TK, class TV, class TO, class Mask, class Executor>
 void attention_impl(backend::simd<Arch>, tensor_view<const TQ, 3> q, tensor_view<const TK, 3> k,
                     tensor_view<const TV, 3> v, tensor_view<TO, 3> out, const Mask& mask,
                     const attention_params& p, Executor& executor) {
-  attention_impl(backend::reference{}, q, k, v, out, mask, p, executor);
+  static_assert(std::is_same_v<TK, TV>, "k and v must have the same element type");
+  switch (p.head_dim) {
+    case 64: return simd::run_attention<Arch, 64>(q, k, v, out, mask, p, executor);
+    case 80: return simd::run_attention<Arch, 80>(q, k, v, out, mask, p, executor);
+    case 96: return simd::run_attention<Arch, 96>(q, k, v, out, mask, p, executor);
+    case 128: return simd::run_attention<Arch, 128>(q, k, v, out, mask, p, executor);
+    case 256: return simd::run_attention<Arch, 256>(q, k, v, out, mask, p, executor);
+    default: return simd::run_attention<Arch, 0>(q, k, v, out, mask, p, executor);
+  }
 }
-}  // namespace attnkit::detail
+
+}  // namespace detail
+}  // namespace attnkit

@@ -1,0 +1,100 @@
+// attnkit — loading float, half and bfloat16 storage into fp32 registers, per architecture.
+//
+// xsimd 8.1 has no 16-bit float batch, so this is the one place that knows the conversion
+// instructions: F16C / AVX-512 vcvtph2ps for half, a 16-bit shift for bfloat16 (its top 16 bits
+// are an fp32). Every kernel above this header only ever sees batch<float>. The overloads take
+// xsimd's arch tags, which inherit from one another, so the most specific one wins and the
+// generic one serves every other architecture.
+#pragma once
+
+#include <cstring>
+#include <type_traits>
+
+#include "attnkit/core/simd_include.hpp"
+
+#include "attnkit/core/config.hpp"
+#include "attnkit/core/float16.hpp"
+
+
+namespace attnkit {
+namespace detail {
+namespace simd {
+
+template <class A>
+using float_batch = xsimd::batch<float, A>;
+
+// Generic path: convert one batch worth of elements through a small aligned array.
+template <class A, class T>
+ATTNKIT_ALWAYS_INLINE float_batch<A> load_as_float(const T* source, xsimd::kernel::requires_arch<xsimd::generic>) {
+  if constexpr (std::is_same_v<T, float>) {
+    return float_batch<A>::load_unaligned(source);
+  } else {
+    alignas(64) float lanes[float_batch<A>::size];
+    for (std::size_t i = 0; i < float_batch<A>::size; ++i) lanes[i] = to_float(source[i]);
+    return float_batch<A>::load_aligned(lanes);
+  }
+}
+
+#if defined(__AVX2__) && defined(__F16C__)
+template <class A, class T>
+ATTNKIT_ALWAYS_INLINE float_batch<A> load_as_float(const T* source, xsimd::kernel::requires_arch<xsimd::avx2>) {
+  if constexpr (std::is_same_v<T, float>) {
+    return float_batch<A>::load_unaligned(source);
+  } else if constexpr (std::is_same_v<T, half>) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(source)));
+  } else {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(source)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+  }
+}
+#endif
+
+#if defined(__AVX512F__)
+template <class A, class T>
+ATTNKIT_ALWAYS_INLINE float_batch<A> load_as_float(const T* source, xsimd::kernel::requires_arch<xsimd::avx512f>) {
+  if constexpr (std::is_same_v<T, float>) {
+    return float_batch<A>::load_unaligned(source);
+  } else if constexpr (std::is_same_v<T, half>) {
+    // The zero-masking forms: GCC 12 flags the plain ones' _mm512_undefined passthrough as
+    // maybe-uninitialized once inlined.
+    return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(source)));
+  } else {
+    const __m512i wide = _mm512_maskz_cvtepu16_epi32(
+        0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(source)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+  }
+}
+#endif
+
+// Loads one batch of float_batch<A>::size consecutive elements as fp32.
+template <class A, class T>
+ATTNKIT_ALWAYS_INLINE float_batch<A> load_float(const T* source) {
+  return load_as_float<A, T>(source, A{});
+}
+
+// Converts `rows` rows of `cols` elements (row r starts at source + r * row_stride, elements
+// col_stride apart) into fp32 rows of `padded_cols` floats at destination + r * destination_stride,
+// multiplied by `multiplier`, with columns [cols, padded_cols) zeroed so that padded lanes add
+// exact zeros to dot products. Vector path when the row is contiguous.
+template <class A, class T>
+void stage_rows(const T* source, index_t row_stride, index_t col_stride, index_t rows, index_t cols,
+                float* destination, index_t destination_stride, index_t padded_cols,
+                float multiplier) {
+  constexpr index_t width = float_batch<A>::size;
+  const float_batch<A> scale(multiplier);
+  for (index_t r = 0; r < rows; ++r) {
+    const T* in = source + r * row_stride;
+    float* out = destination + r * destination_stride;
+    index_t c = 0;
+    if (col_stride == 1) {
+      for (; c + width <= cols; c += width)
+        (load_float<A>(in + c) * scale).store_aligned(out + c);
+    }
+    for (; c < cols; ++c) out[c] = to_float(in[c * col_stride]) * multiplier;
+    for (; c < padded_cols; ++c) out[c] = 0.0f;
+  }
+}
+
+}  // namespace simd
+}  // namespace detail
+}  // namespace attnkit

@@ -1,0 +1,110 @@
+// attnkit — the vectorised exp2 the softmax uses, and small reductions.
+//
+// Softmax works in base 2: logits are pre-multiplied by log2(e) (folded into the query scale),
+// so every exponential is 2^x with x <= 0. 2^x = 2^n · 2^f with n = round(x), f in [-1/2, 1/2];
+// 2^f is its degree-7 Taylor polynomial (truncation error < 6e-9 relative, below fp32 rounding),
+// so the result is within ~2 ulp of the exact value — about as accurate as xsimd::exp2 and
+// several times cheaper. Inputs below -126 give exactly 0 (no subnormal results, which would be
+// slow and which matter to nothing: the row maximum contributes 1 to the sum), so a masked
+// logit (-inf) contributes exactly nothing.
+#pragma once
+
+#include "attnkit/core/simd_include.hpp"
+
+#include "attnkit/core/config.hpp"
+
+
+namespace attnkit {
+namespace detail {
+namespace simd {
+
+template <class A>
+ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> exp2(xsimd::batch<float, A> x) {
+  using batch = xsimd::batch<float, A>;
+  using int_batch = xsimd::batch<std::int32_t, A>;
+  const auto underflow = x < batch(-126.0f);
+  x = xsimd::min(xsimd::max(x, batch(-126.0f)), batch(126.0f));
+  const batch n = xsimd::nearbyint(x);
+  const batch f = x - n;
+  batch p(1.525273380405984e-05f);
+  p = xsimd::fma(p, f, batch(1.5403530393381608e-04f));
+  p = xsimd::fma(p, f, batch(1.3333558146428443e-03f));
+  p = xsimd::fma(p, f, batch(9.618129107628477e-03f));
+  p = xsimd::fma(p, f, batch(5.550410866482158e-02f));
+  p = xsimd::fma(p, f, batch(2.402265069591007e-01f));
+  p = xsimd::fma(p, f, batch(6.931471805599453e-01f));
+  p = xsimd::fma(p, f, batch(1.0f));
+  const int_batch exponent = (xsimd::batch_cast<std::int32_t>(n) + int_batch(127)) << 23;
+  const batch result = p * xsimd::bitwise_cast<batch>(exponent);
+  return xsimd::select(underflow, batch(0.0f), result);
+}
+
+// tanh through the same exp2: tanh|x| = (1 - e) / (1 + e) with e = 2^(-2|x| log2 e) in (0, 1],
+// sign restored after. Absolute error stays below ~2e-7 everywhere (relative error grows only
+// where tanh itself is tiny), which is what a logit soft-cap needs: softmax is sensitive to
+// absolute logit error, and cap · 2e-7 is far below fp32 rounding of the logits themselves.
+template <class A>
+ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> tanh(xsimd::batch<float, A> x) {
+  using batch = xsimd::batch<float, A>;
+  const batch e = exp2<A>(xsimd::abs(x) * batch(-2.0f * 1.4426950408889634f));
+  const batch magnitude = (batch(1.0f) - e) / (batch(1.0f) + e);
+  return xsimd::copysign(magnitude, x);
+}
+
+// sums[i] = Σ_lanes rows[i] for `width` batches: the transposing reduction that turns `width`
+// dot-product accumulators into one vector of `width` results. (xsimd 8.1's haddp returns the
+// AVX-512 lanes permuted, so it is not used.)
+template <class A>
+ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> reduce_rows(const xsimd::batch<float, A>* rows,
+                                                         xsimd::kernel::requires_arch<xsimd::generic>) {
+  alignas(64) float sums[xsimd::batch<float, A>::size];
+  for (std::size_t i = 0; i < xsimd::batch<float, A>::size; ++i) sums[i] = xsimd::hadd(rows[i]);
+  return xsimd::batch<float, A>::load_aligned(sums);
+}
+
+#if defined(__AVX512F__)
+// Four folding levels: unpack pairs within 128-bit lanes, shuffle quads within lanes, then fold
+// 128-bit lanes across registers twice; lane 4L + k of the result sums rows[4L + k].
+template <class A>
+ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> reduce_rows(const xsimd::batch<float, A>* rows,
+                                                         xsimd::kernel::requires_arch<xsimd::avx512f>) {
+  __m512 pairs[8];
+  for (int i = 0; i < 8; ++i) {
+    const __m512 a = rows[2 * i], b = rows[2 * i + 1];
+    pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  }
+  __m512 quads[4];
+  for (int i = 0; i < 4; ++i) {
+    const __m512 a = pairs[2 * i], b = pairs[2 * i + 1];
+    quads[i] = _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  __m512 halves[2];
+  for (int i = 0; i < 2; ++i) {
+    const __m512 a = quads[2 * i], b = quads[2 * i + 1];
+    halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  return _mm512_add_ps(_mm512_shuffle_f32x4(halves[0], halves[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(halves[0], halves[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+#endif
+
+template <class A>
+ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> reduce_rows(const xsimd::batch<float, A>* rows) {
+  return reduce_rows<A>(rows, A{});
+}
+
+template <class A>
+ATTNKIT_ALWAYS_INLINE float horizontal_max(xsimd::batch<float, A> x) {
+  alignas(64) float lanes[xsimd::batch<float, A>::size];
+  x.store_aligned(lanes);
+  float result = lanes[0];
+  for (std::size_t i = 1; i < xsimd::batch<float, A>::size; ++i)
+    result = lanes[i] > result ? lanes[i] : result;
+  return result;
+}
+
+}  // namespace simd
+}  // namespace detail
+}  // namespace attnkit
