@@ -17,7 +17,8 @@
 
 #include "attnkit/core/simd_include.hpp"
 
-#include "attnkit/backend/simd/attention_tiles.hpp"
+#include "attnkit/backend/simd/column_tile.hpp"
+#include "attnkit/backend/simd/row_tile.hpp"
 #include "attnkit/backend/simd/convert.hpp"
 #include "attnkit/backend/simd/scratch.hpp"
 #include "attnkit/backend/tags.hpp"
@@ -41,9 +42,12 @@ struct work_plan {
   index_t split_keys = 0;
   index_t padded_rows = 0;
   index_t padded_dim = 0;
+  index_t kv_heads_per_job = 1;
   bool row_kernel = false;
 
-  index_t tiles() const noexcept { return query_tiles; }
+  index_t base_items(const attention_params& p) const noexcept {
+    return p.kv_heads / kv_heads_per_job * query_tiles;
+  }
 };
 
 template <class A>
@@ -52,21 +56,27 @@ work_plan plan_work(const attention_params& p, std::size_t threads) {
   work_plan plan;
   const index_t group = p.group_size;
   plan.padded_dim = round_up(p.head_dim, width);
-  // Fewer rows in the whole call than vector lanes: lay the head dimension across the lanes.
+  // Fewer rows per KV head than vector lanes (decode with a small GQA group): lay the head
+  // dimension across the lanes, one job for every head, parallel over key splits only.
   plan.row_kernel = p.q_tokens * group < width;
-  // Otherwise aim for 4 vectors of rows per tile: the micro-kernel's full panel width.
-  const index_t target_rows = 4 * width;
-  plan.tile_tokens = plan.row_kernel ? p.q_tokens
-                                     : std::clamp<index_t>(target_rows / group, 1, p.q_tokens);
-  plan.query_tiles = (p.q_tokens + plan.tile_tokens - 1) / plan.tile_tokens;
-  plan.padded_rows = round_up(plan.tile_tokens * group, width);
-
-  const index_t base_items = p.kv_heads * plan.query_tiles;
   const index_t wanted = 4 * static_cast<index_t>(threads);
-  if (base_items < wanted && p.kv_tokens >= 2 * min_split_keys)
-    plan.splits = std::min((wanted + base_items - 1) / base_items, p.kv_tokens / min_split_keys);
-  plan.split_keys = round_up((p.kv_tokens + plan.splits - 1) / std::max<index_t>(plan.splits, 1),
-                             key_block);
+  index_t min_keys = min_split_keys;
+  if (plan.row_kernel) {
+    plan.kv_heads_per_job = p.kv_heads;
+    plan.tile_tokens = p.q_tokens;
+    plan.padded_rows = round_up(p.q_heads * p.q_tokens, width);
+    min_keys = min_split_keys / 2;
+  } else {
+    // Aim for 4 vectors of rows per tile: the micro-kernel's full panel width.
+    const index_t target_rows = 4 * width;
+    plan.tile_tokens = std::clamp<index_t>(target_rows / group, 1, p.q_tokens);
+    plan.padded_rows = round_up(plan.tile_tokens * group, width);
+  }
+  plan.query_tiles = (p.q_tokens + plan.tile_tokens - 1) / plan.tile_tokens;
+  const index_t base_items = plan.base_items(p);
+  if (base_items < wanted && p.kv_tokens >= 2 * min_keys)
+    plan.splits = std::min((wanted + base_items - 1) / base_items, p.kv_tokens / min_keys);
+  plan.split_keys = round_up((p.kv_tokens + plan.splits - 1) / plan.splits, key_block);
   if (plan.split_keys == 0) plan.split_keys = key_block;
   plan.splits = std::max<index_t>(1, (p.kv_tokens + plan.split_keys - 1) / plan.split_keys);
   return plan;
@@ -77,10 +87,10 @@ template <class TO>
 void emit_rows(const attention_params& p, const tile_job& job, index_t padded_dim,
                const float* o_rows, const float* lse2, tensor_view<TO, 3> out) {
   const index_t group = p.group_size;
-  const index_t rows = job.tokens * group;
+  const index_t rows = job.rows(group);
   for (index_t r = 0; r < rows; ++r) {
-    const index_t token = job.token_begin + r / group;
-    const index_t head = job.kv_head * group + r % group;
+    const index_t token = job.row_token(r, group);
+    const index_t head = job.row_head(r, group);
     TO* destination = out.row(token, head);
     const float* source = o_rows + r * padded_dim;
     const index_t stride = out.stride(2);
@@ -114,22 +124,23 @@ void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
   const float q_multiplier = query_multiplier(p);
 
   const index_t kernel_scratch =
-      plan.row_kernel ? row_tile_scratch(rp, dp) : column_tile_scratch(rp, dp);
+      plan.row_kernel ? row_tile_scratch<A>(p.kv_heads, rp, dp) : column_tile_scratch(rp, dp);
   const index_t item_floats = 2 * rp * dp + 3 * rp + kernel_scratch;
 
   // Split-KV partial results, one slot per (tile, split): normalised rows and base-2 lse.
-  const index_t base_items = p.kv_heads * plan.query_tiles;
+  const index_t base_items = plan.base_items(p);
   const index_t slot_floats = rp * dp + rp;
   float* partials = plan.splits > 1
                         ? call_scratch().reserve(static_cast<std::size_t>(
                               base_items * plan.splits * slot_floats))
                         : nullptr;
 
+  const index_t head_jobs = p.kv_heads / plan.kv_heads_per_job;
   auto job_for = [&](index_t base, index_t split) {
-    const index_t kv_head = base % p.kv_heads;
-    const index_t tile = plan.query_tiles - 1 - base / p.kv_heads;  // expensive tiles first
+    const index_t tile = plan.query_tiles - 1 - base / head_jobs;  // expensive tiles first
     tile_job job;
-    job.kv_head = kv_head;
+    job.kv_head = (base % head_jobs) * plan.kv_heads_per_job;
+    job.kv_heads = plan.kv_heads_per_job;
     job.token_begin = tile * plan.tile_tokens;
     job.tokens = std::min(plan.tile_tokens, p.q_tokens - job.token_begin);
     job.kv_begin = split * plan.split_keys;
@@ -142,7 +153,7 @@ void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
     const index_t base = static_cast<index_t>(item) / plan.splits;
     const index_t split = static_cast<index_t>(item) % plan.splits;
     const tile_job job = job_for(base, split);
-    const index_t rows = job.tokens * group;
+    const index_t rows = job.rows(group);
 
     float* q_rows = item_scratch().reserve(static_cast<std::size_t>(item_floats));
     float* o_rows = q_rows + rp * dp;
@@ -151,9 +162,11 @@ void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
     float* lse2 = l + rp;
     float* work = lse2 + rp;
 
-    for (index_t t = 0; t < job.tokens; ++t)
-      stage_rows<A>(q.row(job.token_begin + t, job.kv_head * group), q.stride(1), q.stride(2),
-                    group, p.head_dim, q_rows + t * group * dp, dp, dp, q_multiplier);
+    for (index_t h = 0; h < job.kv_heads; ++h)
+      for (index_t t = 0; t < job.tokens; ++t)
+        stage_rows<A>(q.row(job.token_begin + t, (job.kv_head + h) * group), q.stride(1),
+                      q.stride(2), group, p.head_dim,
+                      q_rows + (h * job.tokens + t) * group * dp, dp, dp, q_multiplier);
     if (plan.row_kernel)
       row_tile<A, D>(context, job, q_rows, o_rows, m, l, work);
     else
@@ -174,7 +187,7 @@ void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
   executor(static_cast<std::size_t>(base_items), [&](std::size_t item) {
     const index_t base = static_cast<index_t>(item);
     const tile_job job = job_for(base, 0);
-    const index_t rows = job.tokens * group;
+    const index_t rows = job.rows(group);
     float* merged = item_scratch().reserve(static_cast<std::size_t>(rp * dp + rp));
     float* merged_lse2 = merged + rp * dp;
     const float* first_slot = partials + base * plan.splits * slot_floats;

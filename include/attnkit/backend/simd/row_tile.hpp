@@ -1,0 +1,287 @@
+// attnkit — row_tile: the decode kernel of the CPU backend (head dimension across lanes).
+//
+// Decode has a handful of query rows per KV head (the GQA group, times a few tokens at most), so
+// filling vector lanes with rows would waste most of them; the head dimension goes across the
+// lanes instead. Decode is bandwidth-bound: the kernel must convert each K/V element exactly once
+// and keep the arithmetic well under the memory time. So K and V are read straight from the
+// caller's memory with converting loads (no staging copy), each loaded vector serves every row
+// of the group from registers, and the job covers every KV head of the call, a key block at a
+// time, so the block's tokens — whose heads are contiguous in NHD memory — are read as one region.
+//
+//   logits:  for two keys at a time, dot products of every row with both keys, accumulated in
+//            registers over the head dimension; `width` keys' accumulators are then folded into
+//            one vector of logits per row by a transposing reduction.
+//   output:  O[rows][chunk of 4 vectors] in registers; per key, 4 converting loads of V and one
+//            broadcast probability per row.
+//
+// Views whose last stride is not 1 or whose head dimension is not a multiple of the vector
+// width take a slower path: the block is first staged into fp32 with zero padding.
+#pragma once
+
+#include <algorithm>
+#include <limits>
+#include <utility>
+
+#include "attnkit/backend/simd/convert.hpp"
+#include "attnkit/backend/simd/tile.hpp"
+#include "attnkit/backend/simd/vector_math.hpp"
+
+namespace attnkit {
+namespace detail {
+namespace simd {
+
+inline constexpr int row_block = 4;  // rows whose accumulators share the loaded K/V vectors
+
+// Dot products of rows [0, RB) (queries at q, rows q_stride apart) with keys key_a and key_b
+// (`vectors` vectors each), into partial[r * width + jj] and partial[r * width + jj + 1]. Each
+// loaded key vector serves every row from registers.
+template <class A, int RB, bool Pair, class T>
+ATTNKIT_ALWAYS_INLINE void dot_rows(const float* q, index_t q_stride, const T* key_a,
+                                    const T* key_b, index_t vectors,
+                                    xsimd::batch<float, A>* partial, index_t jj) {
+  using batch = xsimd::batch<float, A>;
+  constexpr index_t width = batch::size;
+  batch acc_a[RB], acc_b[RB];
+  for (int r = 0; r < RB; ++r) acc_a[r] = acc_b[r] = batch(0.0f);
+  for (index_t c = 0; c < vectors * width; c += width) {
+    const batch ka = load_float<A>(key_a + c);
+    if constexpr (Pair) {
+      const batch kb = load_float<A>(key_b + c);
+      for (int r = 0; r < RB; ++r) {
+        const batch qv = batch::load_aligned(q + r * q_stride + c);
+        acc_a[r] = xsimd::fma(qv, ka, acc_a[r]);
+        acc_b[r] = xsimd::fma(qv, kb, acc_b[r]);
+      }
+    } else {
+      for (int r = 0; r < RB; ++r)
+        acc_a[r] = xsimd::fma(batch::load_aligned(q + r * q_stride + c), ka, acc_a[r]);
+    }
+  }
+  for (int r = 0; r < RB; ++r) {
+    partial[r * width + jj] = acc_a[r];
+    if constexpr (Pair) partial[r * width + jj + 1] = acc_b[r];
+  }
+}
+
+// o[r][chunk] += Σ_j p[r][j] · v[j][chunk] for rows [0, RB) and CV vectors of the head dim.
+template <class A, int RB, int CV, class T>
+ATTNKIT_ALWAYS_INLINE void block_values_chunk(const float* p, index_t p_stride, const T* v,
+                                              index_t v_stride, index_t keys, float* o,
+                                              index_t o_stride) {
+  using batch = xsimd::batch<float, A>;
+  constexpr index_t width = batch::size;
+  batch acc[RB][CV];
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < CV; ++c) acc[r][c] = batch::load_aligned(o + r * o_stride + c * width);
+  for (index_t j = 0; j < keys; ++j) {
+    batch vv[CV];
+    for (int c = 0; c < CV; ++c) vv[c] = load_float<A>(v + j * v_stride + c * width);
+    for (int r = 0; r < RB; ++r) {
+      const batch weight(p[r * p_stride + j]);
+      for (int c = 0; c < CV; ++c) acc[r][c] = xsimd::fma(weight, vv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < CV; ++c) acc[r][c].store_aligned(o + r * o_stride + c * width);
+}
+
+template <class A, int RB, class T>
+ATTNKIT_ALWAYS_INLINE void block_values(const float* p, index_t p_stride, const T* v,
+                                        index_t v_stride, index_t keys, index_t vectors, float* o,
+                                        index_t o_stride) {
+  constexpr index_t width = xsimd::batch<float, A>::size;
+  index_t c = 0;
+  for (; c + 4 <= vectors; c += 4)
+    block_values_chunk<A, RB, 4>(p, p_stride, v + c * width, v_stride, keys, o + c * width,
+                                 o_stride);
+  switch (vectors - c) {
+    case 3: return block_values_chunk<A, RB, 3>(p, p_stride, v + c * width, v_stride, keys, o + c * width, o_stride);
+    case 2: return block_values_chunk<A, RB, 2>(p, p_stride, v + c * width, v_stride, keys, o + c * width, o_stride);
+    case 1: return block_values_chunk<A, RB, 1>(p, p_stride, v + c * width, v_stride, keys, o + c * width, o_stride);
+    default: return;
+  }
+}
+
+// Calls f(std::integral_constant<int, RB>{}, first_row) for row blocks of at most row_block rows.
+template <class F>
+ATTNKIT_ALWAYS_INLINE void for_row_blocks(index_t rows, F&& f) {
+  index_t r = 0;
+  for (; r + row_block <= rows; r += row_block) f(std::integral_constant<int, row_block>{}, r);
+  switch (rows - r) {
+    case 3: return f(std::integral_constant<int, 3>{}, r);
+    case 2: return f(std::integral_constant<int, 2>{}, r);
+    case 1: return f(std::integral_constant<int, 1>{}, r);
+    default: return;
+  }
+}
+
+// The keys one block holds: small enough that the block's K and V rows for every head stay in
+// L2 between the logit and the output pass.
+inline index_t row_key_block(index_t kv_heads, index_t padded_dim) {
+  const index_t fit = (65536 / (kv_heads * padded_dim)) / 16 * 16;
+  return std::clamp<index_t>(fit, 16, key_block);
+}
+
+// Scratch floats row_tile needs: logits for every row of a block, `width` dot-product
+// accumulators per row, and (slow path only) the block of every head staged in fp32.
+template <class A>
+index_t row_tile_scratch(index_t kv_heads, index_t padded_rows, index_t padded_dim) {
+  constexpr index_t width = xsimd::batch<float, A>::size;
+  const index_t block = row_key_block(kv_heads, padded_dim);
+  return padded_rows * block + padded_rows * width * width + 2 * kv_heads * block * padded_dim;
+}
+
+template <class A, index_t D, class TKV, class Mask>
+void row_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const float* q_rows,
+              float* o_rows, float* m, float* l, float* scratch) {
+  using batch = xsimd::batch<float, A>;
+  constexpr index_t width = batch::size;
+  const attention_params& p = *ctx.params;
+  const index_t d = D != 0 ? D : p.head_dim;
+  const index_t dp = D != 0 ? round_up(D, width) : ctx.padded_dim;
+  const index_t vectors = dp / width;
+  const index_t group = p.group_size;
+  const index_t rows = job.rows(group);
+  const index_t rows_per_head = job.tokens * group;
+  const index_t block = row_key_block(job.kv_heads, dp);
+  // Converting loads straight from the caller's rows need whole vectors of contiguous elements.
+  const bool direct = d % width == 0 && ctx.k.stride(2) == 1 && ctx.v.stride(2) == 1;
+  constexpr float minus_infinity = -std::numeric_limits<float>::infinity();
+
+  float* s_rows = scratch;                           // [rows][block]  logits, probabilities
+  auto* partial = reinterpret_cast<batch*>(s_rows + rows * block);  // [rows][width] batches
+  float* ks = s_rows + rows * block + rows * width * width;  // slow path: [heads][block][dp]
+  float* vs = ks + job.kv_heads * block * dp;
+
+  std::fill(o_rows, o_rows + rows * dp, 0.0f);
+  for (index_t r = 0; r < rows; ++r) {
+    m[r] = minus_infinity;
+    l[r] = 0.0f;
+  }
+  alignas(64) float lane_offset[width];
+  for (index_t i = 0; i < width; ++i) lane_offset[i] = static_cast<float>(i);
+  const batch lane_index = batch::load_aligned(lane_offset);
+  const position_range q_range = query_range(p, job);
+  const bool transform = p.has_logit_transform();
+
+  for (index_t j0 = job.kv_begin; j0 < job.kv_end; j0 += block) {
+    const index_t keys = std::min(block, job.kv_end - j0);
+    const index_t padded_keys = round_up(keys, width);
+    const tile_kind kind = classify_group(*ctx.mask, q_range, {j0, j0 + keys},
+                                          job.kv_head * group, job.kv_heads * group);
+    if (kind == tile_kind::empty) continue;
+
+    // Where this block's keys and values are read from: the caller's memory, or (slow path)
+    // an fp32 copy staged head by head.
+    const TKV* k_direct = ctx.k.row(j0, job.kv_head);
+    const TKV* v_direct = ctx.v.row(j0, job.kv_head);
+    if (!direct) {
+      for (index_t h = 0; h < job.kv_heads; ++h) {
+        stage_rows<A>(k_direct + h * ctx.k.stride(1), ctx.k.stride(0), ctx.k.stride(2), keys, d,
+                      ks + h * block * dp, dp, dp, 1.0f);
+        stage_rows<A>(v_direct + h * ctx.v.stride(1), ctx.v.stride(0), ctx.v.stride(2), keys, d,
+                      vs + h * block * dp, dp, dp, 1.0f);
+      }
+    }
+
+    // Logits, token-major: for each key (pair), every head's rows. In NHD memory a token's heads
+    // are contiguous, so K is read as one sequential stream; V's rows for the same tokens are
+    // prefetched alongside, so the output pass below finds them in cache.
+    auto logits = [&](auto source_tag, const auto* k_base, index_t k_token_stride,
+                      index_t k_head_stride) {
+      (void)source_tag;
+      for (index_t jb = 0; jb < keys; jb += width) {
+        const index_t count = std::min(width, keys - jb);
+        for (index_t jj = 0; jj < count; jj += 2) {
+          const bool pair = jj + 1 < count;
+          for (index_t h = 0; h < job.kv_heads; ++h) {
+            const auto* key_a = k_base + (jb + jj) * k_token_stride + h * k_head_stride;
+            const float* q = q_rows + h * rows_per_head * dp;
+            batch* head_partial = partial + h * rows_per_head * width;
+            for_row_blocks(rows_per_head, [&](auto rb, index_t r) {
+              constexpr int RB = decltype(rb)::value;
+              if (pair)
+                dot_rows<A, RB, true>(q + r * dp, dp, key_a, key_a + k_token_stride, vectors,
+                                      head_partial + r * width, jj);
+              else
+                dot_rows<A, RB, false>(q + r * dp, dp, key_a, key_a, vectors,
+                                       head_partial + r * width, jj);
+            });
+          }
+          if (direct)
+            for (index_t t = jb + jj; t < jb + jj + (pair ? 2 : 1); ++t)
+              prefetch_rows(v_direct + t * ctx.v.stride(0), ctx.v.stride(1), job.kv_heads, d);
+        }
+        for (index_t r = 0; r < rows; ++r) {
+          for (index_t jj = count; jj < width; ++jj) partial[r * width + jj] = batch(0.0f);
+          reduce_rows<A>(partial + r * width).store_aligned(s_rows + r * block + jb);
+        }
+      }
+    };
+    if (direct)
+      logits(0, k_direct, ctx.k.stride(0), ctx.k.stride(1));
+    else
+      logits(0, static_cast<const float*>(ks), dp, block * dp);
+
+    for (index_t r = 0; r < rows; ++r) {
+      float* row = s_rows + r * block;
+      const position q_pos = p.query_position(job.row_token(r, group));
+      const head_index head = job.row_head(r, group);
+      if (transform) {
+        const batch slope(p.alibi_slopes != nullptr ? p.alibi_slopes[head * p.alibi_stride]
+                                                    : 0.0f);
+        for (index_t jb = 0; jb < padded_keys; jb += width) {
+          const batch distance =
+              xsimd::abs(batch(static_cast<float>(q_pos - j0 - jb)) - lane_index);
+          transform_logits<A>(p, batch::load_aligned(row + jb), slope, distance)
+              .store_aligned(row + jb);
+        }
+      }
+      if (kind == tile_kind::partial)
+        for (index_t j = 0; j < keys; ++j)
+          if (!ctx.mask->allows(q_pos, j0 + j, head)) row[j] = minus_infinity;
+      for (index_t j = keys; j < padded_keys; ++j) row[j] = minus_infinity;
+
+      batch block_max(minus_infinity);
+      for (index_t jb = 0; jb < padded_keys; jb += width)
+        block_max = xsimd::max(block_max, batch::load_aligned(row + jb));
+      const float new_max = std::max(m[r], horizontal_max<A>(block_max));
+      // A row with no visible key yet keeps max -inf; shifting by 0 keeps its exponentials
+      // exact zeros instead of NaN.
+      const float shift = new_max == minus_infinity ? 0.0f : new_max;
+      batch sum(0.0f);
+      for (index_t jb = 0; jb < padded_keys; jb += width) {
+        const batch e = exp2<A>(batch::load_aligned(row + jb) - batch(shift));
+        e.store_aligned(row + jb);
+        sum += e;
+      }
+      const float alpha = std::exp2(m[r] - shift);
+      l[r] = l[r] * alpha + xsimd::hadd(sum);
+      m[r] = new_max;
+      if (alpha != 1.0f) {
+        float* out = o_rows + r * dp;
+        for (index_t c = 0; c < dp; c += width)
+          (batch::load_aligned(out + c) * batch(alpha)).store_aligned(out + c);
+      }
+    }
+
+    // Output, head by head (the values are in cache by now).
+    for (index_t h = 0; h < job.kv_heads; ++h) {
+      const index_t first = h * rows_per_head;
+      for_row_blocks(rows_per_head, [&](auto rb, index_t r) {
+        constexpr int RB = decltype(rb)::value;
+        float* s = s_rows + (first + r) * block;
+        float* o = o_rows + (first + r) * dp;
+        if (direct)
+          block_values<A, RB>(s, block, v_direct + h * ctx.v.stride(1), ctx.v.stride(0), keys,
+                              vectors, o, dp);
+        else
+          block_values<A, RB>(s, block, vs + h * block * dp, dp, keys, vectors, o, dp);
+      });
+    }
+  }
+}
+
+}  // namespace simd
+}  // namespace detail
+}  // namespace attnkit
