@@ -23,6 +23,21 @@
 namespace attnkit {
 namespace detail {
 
+// std::bit_cast and std::countl_zero are host-only constexpr functions to nvcc; these two are
+// usable from device code too (__builtin_bit_cast is supported by GCC, Clang and nvcc's front end).
+template <class To, class From>
+ATTNKIT_HOST_DEVICE constexpr To bits_as(const From& from) noexcept {
+  static_assert(sizeof(To) == sizeof(From));
+  return __builtin_bit_cast(To, from);
+}
+
+ATTNKIT_HOST_DEVICE constexpr int leading_zeros(std::uint32_t x) noexcept {
+  int n = 0;
+  for (std::uint32_t bit = 0x80000000u; bit != 0 && (x & bit) == 0; bit >>= 1) ++n;
+  return n;
+}
+
+
 // ---- Portable bit-manipulation conversions (constant-evaluable, device-safe). ----
 
 ATTNKIT_HOST_DEVICE constexpr float half_bits_to_float_soft(std::uint16_t h) {
@@ -39,14 +54,14 @@ ATTNKIT_HOST_DEVICE constexpr float half_bits_to_float_soft(std::uint16_t h) {
     f = sign;
   } else {
     // Subnormal mant * 2^-24: normalise so the leading one at bit p becomes the hidden bit.
-    const int p = 31 - std::countl_zero(mant);
+    const int p = 31 - detail::leading_zeros(mant);
     f = sign | (static_cast<std::uint32_t>(p + 127 - 24) << 23) | ((mant << (23 - p)) & 0x7FFFFFu);
   }
-  return std::bit_cast<float>(f);
+  return detail::bits_as<float>(f);
 }
 
 ATTNKIT_HOST_DEVICE constexpr std::uint16_t float_to_half_bits_soft(float x) {
-  const std::uint32_t f = std::bit_cast<std::uint32_t>(x);
+  const std::uint32_t f = detail::bits_as<std::uint32_t>(x);
   const std::uint32_t sign = (f >> 16) & 0x8000u;
   const std::uint32_t a = f & 0x7FFFFFFFu;
   std::uint32_t h;
@@ -99,14 +114,14 @@ ATTNKIT_HOST_DEVICE constexpr std::uint16_t float_to_half_bits(float x) {
 
 // bfloat16 is the top half of a float, so widening is a shift (NaNs pass through unchanged).
 ATTNKIT_HOST_DEVICE constexpr float bfloat16_bits_to_float(std::uint16_t b) {
-  return std::bit_cast<float>(static_cast<std::uint32_t>(b) << 16);
+  return detail::bits_as<float>(static_cast<std::uint32_t>(b) << 16);
 }
 
 // Narrowing is RNE via the add-bias trick; overflow carries into the exponent and yields inf
 // exactly when IEEE says so. NaN is handled first, or rounding could carry it into inf. No
 // AVX512_BF16 path: vcvtneps2bf16 flushes fp32 subnormals to zero, so it is not bit-identical.
 ATTNKIT_HOST_DEVICE constexpr std::uint16_t float_to_bfloat16_bits(float x) {
-  const std::uint32_t f = std::bit_cast<std::uint32_t>(x);
+  const std::uint32_t f = detail::bits_as<std::uint32_t>(x);
   if ((f & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<std::uint16_t>((f >> 16) | 0x0040u);
   return static_cast<std::uint16_t>((f + 0x7FFFu + ((f >> 16) & 1u)) >> 16);
 }

@@ -9,7 +9,6 @@
 #pragma once
 
 #include <cmath>
-#include <limits>
 
 #include "attnkit/core/config.hpp"
 
@@ -30,7 +29,8 @@ struct merge_weights {
 
 ATTNKIT_HOST_DEVICE inline merge_weights merge_log_sum_exp(float lse_a, float lse_b) noexcept {
   const float m = lse_a > lse_b ? lse_a : lse_b;
-  if (m == -std::numeric_limits<float>::infinity()) return {0.0f, 0.0f, m};
+  // (__builtin_huge_valf rather than numeric_limits, which nvcc treats as host-only.)
+  if (m == -__builtin_huge_valf()) return {0.0f, 0.0f, m};
   const float wa = std::exp(lse_a - m);
   const float wb = std::exp(lse_b - m);
   const float sum = wa + wb;

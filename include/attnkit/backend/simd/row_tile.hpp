@@ -11,8 +11,8 @@
 //   logits:  for two keys at a time, dot products of every row with both keys, accumulated in
 //            registers over the head dimension; `width` keys' accumulators are then folded into
 //            one vector of logits per row by a transposing reduction.
-//   output:  O[rows][chunk of 4 vectors] in registers; per key, 4 converting loads of V and one
-//            broadcast probability per row.
+//   output:  token-major as well: per pair of tokens and head, the value vectors are loaded
+//            once and added into that head's output rows (kept in L1) for every row.
 //
 // Views whose last stride is not 1 or whose head dimension is not a multiple of the vector
 // width take a slower path: the block is first staged into fp32 with zero padding.
@@ -63,42 +63,56 @@ ATTNKIT_ALWAYS_INLINE void dot_rows(const float* q, index_t q_stride, const T* k
   }
 }
 
-// o[r][chunk] += Σ_j p[r][j] · v[j][chunk] for rows [0, RB) and CV vectors of the head dim.
-template <class A, int RB, int CV, class T>
-ATTNKIT_ALWAYS_INLINE void block_values_chunk(const float* p, index_t p_stride, const T* v,
-                                              index_t v_stride, index_t keys, float* o,
-                                              index_t o_stride) {
+// o[r][0, CV vectors) += p[r][ja] · value_a + p[r][jb] · value_b for rows [0, RB): the output
+// rows of one head stay in L1 and are updated by two tokens at a time, so V can be streamed
+// token-major like K.
+template <class A, int RB, int CV, bool Pair, class T>
+ATTNKIT_ALWAYS_INLINE void accumulate_values(const float* p, index_t p_stride, index_t j,
+                                             const T* value_a, const T* value_b, float* o,
+                                             index_t o_stride) {
   using batch = xsimd::batch<float, A>;
   constexpr index_t width = batch::size;
-  batch acc[RB][CV];
-  for (int r = 0; r < RB; ++r)
-    for (int c = 0; c < CV; ++c) acc[r][c] = batch::load_aligned(o + r * o_stride + c * width);
-  for (index_t j = 0; j < keys; ++j) {
-    batch vv[CV];
-    for (int c = 0; c < CV; ++c) vv[c] = load_float<A>(v + j * v_stride + c * width);
-    for (int r = 0; r < RB; ++r) {
-      const batch weight(p[r * p_stride + j]);
-      for (int c = 0; c < CV; ++c) acc[r][c] = xsimd::fma(weight, vv[c], acc[r][c]);
+  batch va[CV], vb[CV];
+  for (int c = 0; c < CV; ++c) {
+    va[c] = load_float<A>(value_a + c * width);
+    if constexpr (Pair) vb[c] = load_float<A>(value_b + c * width);
+  }
+  for (int r = 0; r < RB; ++r) {
+    const batch wa(p[r * p_stride + j]);
+    float* out = o + r * o_stride;
+    if constexpr (Pair) {
+      const batch wb(p[r * p_stride + j + 1]);
+      for (int c = 0; c < CV; ++c)
+        xsimd::fma(wb, vb[c], xsimd::fma(wa, va[c], batch::load_aligned(out + c * width)))
+            .store_aligned(out + c * width);
+    } else {
+      for (int c = 0; c < CV; ++c)
+        xsimd::fma(wa, va[c], batch::load_aligned(out + c * width)).store_aligned(out + c * width);
     }
   }
-  for (int r = 0; r < RB; ++r)
-    for (int c = 0; c < CV; ++c) acc[r][c].store_aligned(o + r * o_stride + c * width);
 }
 
-template <class A, int RB, class T>
-ATTNKIT_ALWAYS_INLINE void block_values(const float* p, index_t p_stride, const T* v,
-                                        index_t v_stride, index_t keys, index_t vectors, float* o,
-                                        index_t o_stride) {
+template <class A, int RB, bool Pair, class T>
+ATTNKIT_ALWAYS_INLINE void accumulate_values_row(const float* p, index_t p_stride, index_t j,
+                                                 const T* value_a, const T* value_b,
+                                                 index_t vectors, float* o, index_t o_stride) {
   constexpr index_t width = xsimd::batch<float, A>::size;
   index_t c = 0;
   for (; c + 4 <= vectors; c += 4)
-    block_values_chunk<A, RB, 4>(p, p_stride, v + c * width, v_stride, keys, o + c * width,
-                                 o_stride);
+    accumulate_values<A, RB, 4, Pair>(p, p_stride, j, value_a + c * width, value_b + c * width,
+                                      o + c * width, o_stride);
   switch (vectors - c) {
-    case 3: return block_values_chunk<A, RB, 3>(p, p_stride, v + c * width, v_stride, keys, o + c * width, o_stride);
-    case 2: return block_values_chunk<A, RB, 2>(p, p_stride, v + c * width, v_stride, keys, o + c * width, o_stride);
-    case 1: return block_values_chunk<A, RB, 1>(p, p_stride, v + c * width, v_stride, keys, o + c * width, o_stride);
-    default: return;
+    case 3:
+      return accumulate_values<A, RB, 3, Pair>(p, p_stride, j, value_a + c * width,
+                                               value_b + c * width, o + c * width, o_stride);
+    case 2:
+      return accumulate_values<A, RB, 2, Pair>(p, p_stride, j, value_a + c * width,
+                                               value_b + c * width, o + c * width, o_stride);
+    case 1:
+      return accumulate_values<A, RB, 1, Pair>(p, p_stride, j, value_a + c * width,
+                                               value_b + c * width, o + c * width, o_stride);
+    default:
+      return;
   }
 }
 
@@ -185,11 +199,8 @@ void row_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const flo
     }
 
     // Logits, token-major: for each key (pair), every head's rows. In NHD memory a token's heads
-    // are contiguous, so K is read as one sequential stream; V's rows for the same tokens are
-    // prefetched alongside, so the output pass below finds them in cache.
-    auto logits = [&](auto source_tag, const auto* k_base, index_t k_token_stride,
-                      index_t k_head_stride) {
-      (void)source_tag;
+    // are contiguous, so K is read as one sequential stream the hardware prefetchers follow.
+    auto logits = [&](const auto* k_base, index_t k_token_stride, index_t k_head_stride) {
       for (index_t jb = 0; jb < keys; jb += width) {
         const index_t count = std::min(width, keys - jb);
         for (index_t jj = 0; jj < count; jj += 2) {
@@ -208,9 +219,6 @@ void row_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const flo
                                        head_partial + r * width, jj);
             });
           }
-          if (direct)
-            for (index_t t = jb + jj; t < jb + jj + (pair ? 2 : 1); ++t)
-              prefetch_rows(v_direct + t * ctx.v.stride(0), ctx.v.stride(1), job.kv_heads, d);
         }
         for (index_t r = 0; r < rows; ++r) {
           for (index_t jj = count; jj < width; ++jj) partial[r * width + jj] = batch(0.0f);
@@ -219,9 +227,9 @@ void row_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const flo
       }
     };
     if (direct)
-      logits(0, k_direct, ctx.k.stride(0), ctx.k.stride(1));
+      logits(k_direct, ctx.k.stride(0), ctx.k.stride(1));
     else
-      logits(0, static_cast<const float*>(ks), dp, block * dp);
+      logits(static_cast<const float*>(ks), dp, block * dp);
 
     for (index_t r = 0; r < rows; ++r) {
       float* row = s_rows + r * block;
@@ -265,20 +273,30 @@ void row_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const flo
       }
     }
 
-    // Output, head by head (the values are in cache by now).
-    for (index_t h = 0; h < job.kv_heads; ++h) {
-      const index_t first = h * rows_per_head;
-      for_row_blocks(rows_per_head, [&](auto rb, index_t r) {
-        constexpr int RB = decltype(rb)::value;
-        float* s = s_rows + (first + r) * block;
-        float* o = o_rows + (first + r) * dp;
-        if (direct)
-          block_values<A, RB>(s, block, v_direct + h * ctx.v.stride(1), ctx.v.stride(0), keys,
-                              vectors, o, dp);
-        else
-          block_values<A, RB>(s, block, vs + h * block * dp, dp, keys, vectors, o, dp);
-      });
-    }
+    // Output, token-major like the logits, so V is one sequential stream too.
+    auto values = [&](const auto* v_base, index_t v_token_stride, index_t v_head_stride) {
+      for (index_t jj = 0; jj < keys; jj += 2) {
+        const bool pair = jj + 1 < keys;
+        for (index_t h = 0; h < job.kv_heads; ++h) {
+          const auto* value_a = v_base + jj * v_token_stride + h * v_head_stride;
+          const index_t first = h * rows_per_head;
+          for_row_blocks(rows_per_head, [&](auto rb, index_t r) {
+            constexpr int RB = decltype(rb)::value;
+            const float* s = s_rows + (first + r) * block;
+            float* o = o_rows + (first + r) * dp;
+            if (pair)
+              accumulate_values_row<A, RB, true>(s, block, jj, value_a, value_a + v_token_stride,
+                                                 vectors, o, dp);
+            else
+              accumulate_values_row<A, RB, false>(s, block, jj, value_a, value_a, vectors, o, dp);
+          });
+        }
+      }
+    };
+    if (direct)
+      values(v_direct, ctx.v.stride(0), ctx.v.stride(1));
+    else
+      values(static_cast<const float*>(vs), dp, block * dp);
   }
 }
 
