@@ -1,0 +1,224 @@
+// attnkit benchmarks — the machine's measured ceilings, so kernel numbers can be read as ratios.
+//
+//   measure_fma_peak_gflops(threads)   fp32 FMA throughput: `threads` std::threads each run
+//                                      fma_chains independent xsimd::batch<float> FMA chains
+//                                      (a·b + c counts 2 flops per lane) with nothing but
+//                                      registers involved; best of a few short trials.
+//   measure_read_bandwidth_gbs(threads) streaming read bandwidth: `threads` std::threads each sum
+//                                      their contiguous share of one buffer far larger than the
+//                                      last-level cache (plain vector loads, no stores, no
+//                                      non-temporal hints); best of a few full passes.
+//
+// Both are measured rather than taken from a spec sheet so that "fraction of peak" stays honest
+// on whatever machine (and whatever frequency, turbo state or noisy neighbour) the numbers come
+// from: measure them in the same process, right before the kernels they normalize.
+//
+// GFLOP/s and GB/s are decimal (1e9). The clock starts when all threads are released together
+// and stops when the last one finishes, so thread creation is not timed.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <new>
+#include <thread>
+#include <vector>
+
+#include "attnkit/core/simd_include.hpp"  // xsimd, via attnkit's one include point (GCC 12 fix)
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
+namespace attnkit_bench {
+
+using steady = std::chrono::steady_clock;
+
+// Makes the optimizer assume `value` is read, so the work producing it cannot be removed.
+template <class T>
+inline void keep(const T& value) {
+#if defined(__GNUC__) || defined(__clang__)
+  asm volatile("" : : "r,m"(value) : "memory");
+#else
+  static volatile T sink;
+  sink = value;
+#endif
+}
+
+// ------------------------------------------------------------------------------------------------
+// Large aligned allocations (64-byte aligned, transparent huge pages requested on Linux so that
+// streaming kernels are not limited by 4 KiB page walks). The benchmarks allocate their tensors
+// through the same path as the bandwidth probe, so both see the same page size.
+// ------------------------------------------------------------------------------------------------
+
+inline constexpr std::size_t huge_page_bytes = std::size_t{2} << 20;
+
+inline void* allocate_bytes(std::size_t bytes) {
+  const std::size_t align = bytes >= huge_page_bytes ? huge_page_bytes : 64;
+  const std::size_t rounded = (std::max<std::size_t>(bytes, 1) + align - 1) / align * align;
+  void* p = std::aligned_alloc(align, rounded);
+  if (p == nullptr) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (rounded >= huge_page_bytes) madvise(p, rounded, MADV_HUGEPAGE);
+#endif
+  return p;
+}
+
+struct free_deleter {
+  void operator()(void* p) const noexcept { std::free(p); }
+};
+
+// ------------------------------------------------------------------------------------------------
+// Running a function on N threads released at the same instant.
+// ------------------------------------------------------------------------------------------------
+
+// Calls work(t) on threads t = 0..threads-1, all started together; returns the seconds from the
+// common start until the last one returned.
+template <class Work>
+double run_concurrently(std::size_t threads, Work&& work) {
+  threads = std::max<std::size_t>(threads, 1);
+  std::atomic<std::size_t> ready{0};
+  std::atomic<bool> go{false};
+  std::vector<steady::time_point> finished(threads);
+  std::vector<std::thread> pool;
+  pool.reserve(threads);
+  for (std::size_t t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      ready.fetch_add(1, std::memory_order_acq_rel);
+      while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
+      work(t);
+      finished[t] = steady::now();
+    });
+  }
+  while (ready.load(std::memory_order_acquire) != threads) std::this_thread::yield();
+  const steady::time_point start = steady::now();
+  go.store(true, std::memory_order_release);
+  for (auto& th : pool) th.join();
+  const steady::time_point end = *std::max_element(finished.begin(), finished.end());
+  return std::chrono::duration<double>(end - start).count();
+}
+
+// ------------------------------------------------------------------------------------------------
+// FMA peak.
+// ------------------------------------------------------------------------------------------------
+
+// Independent accumulator chains per thread. Two FMA ports × 4-cycle latency need >= 8 chains in
+// flight; 16 leaves headroom (and still fits the 32 AVX-512 registers with the two operands).
+inline constexpr std::size_t fma_chains = 16;
+
+// Runs `iterations` rounds of fma_chains dependent-per-chain FMAs; returns a value depending on
+// all of them. acc = acc·a + b converges to b / (1 - a), so nothing overflows or goes denormal.
+inline float fma_kernel(std::size_t iterations, float seed) {
+  using batch = xsimd::batch<float>;
+  batch acc[fma_chains];
+  for (std::size_t j = 0; j < fma_chains; ++j) acc[j] = batch(seed + 0.001f * float(j));
+  const batch a(0.999f + seed * 1e-9f);
+  const batch b(0.001f);
+  for (std::size_t i = 0; i < iterations; ++i) {
+    for (std::size_t j = 0; j < fma_chains; ++j) acc[j] = xsimd::fma(acc[j], a, b);
+  }
+  batch total = acc[0];
+  for (std::size_t j = 1; j < fma_chains; ++j) total += acc[j];
+  return xsimd::hadd(total);
+}
+
+inline constexpr double fma_flops_per_iteration =
+    double(fma_chains) * double(xsimd::batch<float>::size) * 2.0;
+
+// Peak fp32 FMA GFLOP/s of `threads` threads running concurrently: best of `trials` trials of
+// about `trial_seconds` each (the default totals ~0.2 s).
+inline double measure_fma_peak_gflops(std::size_t threads, int trials = 5,
+                                      double trial_seconds = 0.03) {
+  threads = std::max<std::size_t>(threads, 1);
+  // Calibrate on one thread: iterations that take about trial_seconds.
+  std::size_t iterations = std::size_t{1} << 16;
+  for (;;) {
+    const steady::time_point t0 = steady::now();
+    keep(fma_kernel(iterations, 1.0f));
+    const double s = std::chrono::duration<double>(steady::now() - t0).count();
+    if (s >= trial_seconds / 8 || iterations >= (std::size_t{1} << 34)) {
+      iterations = static_cast<std::size_t>(double(iterations) * trial_seconds / std::max(s, 1e-9));
+      break;
+    }
+    iterations *= 4;
+  }
+  iterations = std::max<std::size_t>(iterations, 1024);
+  double best = 0.0;
+  for (int trial = 0; trial < trials; ++trial) {
+    const double seconds = run_concurrently(threads, [&](std::size_t t) {
+      keep(fma_kernel(iterations, 1.0f + float(t) * 1e-3f + float(trial) * 1e-4f));
+    });
+    const double flops = fma_flops_per_iteration * double(iterations) * double(threads);
+    best = std::max(best, flops / seconds * 1e-9);
+  }
+  return best;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Streaming read bandwidth.
+// ------------------------------------------------------------------------------------------------
+
+inline std::size_t last_level_cache_bytes() {
+#if defined(__linux__) && defined(_SC_LEVEL3_CACHE_SIZE)
+  const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  if (l3 > 0) return static_cast<std::size_t>(l3);
+#endif
+  return std::size_t{64} << 20;
+}
+
+// Default probe size: 1 GiB, or twice the reported last-level cache when that is larger, so a
+// pass cannot be served from cache. (VMs often report the whole host's L3; the share a guest
+// really gets is smaller, which only makes the probe more conservative.)
+inline std::size_t default_bandwidth_bytes() {
+  return std::max<std::size_t>(std::size_t{1} << 30, 2 * last_level_cache_bytes());
+}
+
+// Sum of floats in [begin, end); `end - begin` is a multiple of 8 batches. Eight accumulators
+// keep the loads, not the add latency, the limit.
+inline float sum_floats(const float* begin, const float* end) {
+  using batch = xsimd::batch<float>;
+  constexpr std::size_t w = batch::size;
+  batch acc[8];
+  for (auto& a : acc) a = batch(0.0f);
+  for (const float* p = begin; p < end; p += 8 * w) {
+    for (std::size_t j = 0; j < 8; ++j) acc[j] += batch::load_aligned(p + j * w);
+  }
+  batch total = acc[0];
+  for (std::size_t j = 1; j < 8; ++j) total += acc[j];
+  return xsimd::hadd(total);
+}
+
+// Read GB/s of `threads` threads each streaming through its own contiguous 1/threads share of a
+// `total_bytes` buffer (first touched by the thread that reads it): best of `trials` passes.
+inline double measure_read_bandwidth_gbs(std::size_t threads, std::size_t total_bytes = 0,
+                                         int trials = 4) {
+  threads = std::max<std::size_t>(threads, 1);
+  if (total_bytes == 0) total_bytes = default_bandwidth_bytes();
+  // Each thread's share is a whole number of 64 KiB blocks (so also of 8 batches).
+  constexpr std::size_t block = std::size_t{64} << 10;
+  const std::size_t share = std::max<std::size_t>(total_bytes / threads / block, 1) * block;
+  const std::size_t share_floats = share / sizeof(float);
+  std::unique_ptr<void, free_deleter> memory(allocate_bytes(share * threads));
+  float* data = static_cast<float*>(memory.get());
+
+  run_concurrently(threads, [data, share_floats](std::size_t t) {
+    float* p = data + t * share_floats;
+    for (std::size_t i = 0; i < share_floats; ++i) p[i] = float(i & 1023) * (1.0f / 1024.0f);
+  });
+  double best = 0.0;
+  for (int trial = 0; trial < trials; ++trial) {
+    const double seconds = run_concurrently(threads, [&](std::size_t t) {
+      const float* p = data + t * share_floats;
+      keep(sum_floats(p, p + share_floats));
+    });
+    best = std::max(best, double(share) * double(threads) / seconds * 1e-9);
+  }
+  return best;
+}
+
+}  // namespace attnkit_bench

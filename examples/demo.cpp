@@ -1,0 +1,299 @@
+// attnkit demo — what the CPU kernels do on LLM-like shapes, measured against this machine.
+//
+// At start the demo measures the machine's fp32 FMA peak and streaming read bandwidth
+// (bench/peak.hpp) with the thread count of attnkit's default pool, then prints one table per
+// section: time (best of a few runs), throughput, the fraction of the relevant measured peak
+// (compute for prefill, memory bandwidth for decode), and the largest absolute difference from
+// attnkit::backend::reference, checked on a subset of heads so the demo stays quick.
+//
+// Sections are independent functions called from main(); add new ones there.
+//
+//   build/release/examples/demo          (or scripts/demo, which builds it first)
+#include <algorithm>
+#include <attnkit/attnkit.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstddef>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "peak.hpp"
+#include "workload.hpp"
+
+namespace {
+
+using attnkit::index_t;
+using attnkit_bench::buffer;
+
+// ------------------------------------------------------------------------------------------------
+// The machine.
+// ------------------------------------------------------------------------------------------------
+
+struct machine {
+  std::size_t threads = 1;
+  double fma_gflops = 0.0;  // measured fp32 FMA peak, all threads
+  double read_gbs = 0.0;    // measured streaming read bandwidth, all threads
+};
+
+machine measure_machine() {
+  machine m;
+  m.threads = attnkit::parallel::default_thread_pool().concurrency();
+  m.fma_gflops = attnkit_bench::measure_fma_peak_gflops(m.threads);
+  m.read_gbs = attnkit_bench::measure_read_bandwidth_gbs(m.threads);
+  return m;
+}
+
+void print_header(const machine& m) {
+  std::printf(
+      "attnkit %d.%d.%d demo | %zu threads | xsimd arch %s | measured peak: %.1f GFLOP/s "
+      "fp32 FMA, %.1f GB/s streaming read\n",
+      ATTNKIT_VERSION_MAJOR, ATTNKIT_VERSION_MINOR, ATTNKIT_VERSION_PATCH, m.threads,
+      xsimd::default_arch::name(), m.fma_gflops, m.read_gbs);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Tables: every section prints rows of the same shape.
+// ------------------------------------------------------------------------------------------------
+
+struct result_row {
+  std::string name;            // what runs, e.g. "prefill causal, bf16"
+  std::string shape;           // e.g. "n=2048 heads=32/8 d=128"
+  double seconds = 0.0;        // best time of one call
+  double rate = 0.0;           // in `unit`
+  const char* unit = "";       // "GFLOP/s" or "GB/s"
+  double peak_fraction = 0.0;  // rate / the measured peak it is bound by
+  const char* peak_kind = "";  // "FMA" or "read"
+  double max_error = 0.0;      // max |out - reference| on the checked heads
+  double tolerance = 0.0;      // what max_error is allowed for the output type
+  double cpu_share = 1.0;      // CPU time / (wall time × threads) of the best run
+};
+
+// Rows whose best run got less than this share of the cores are marked: another process was
+// running, or the kernel left threads idle. Their throughput is a lower bound.
+constexpr double contended_share = 0.8;
+bool any_contended = false;
+
+void print_section(const char* title, const char* note) {
+  std::printf("\n== %s ==\n%s\n\n", title, note);
+  std::printf("%-30s %-28s %11s %17s %12s %12s\n", "case", "shape", "time", "throughput",
+              "% of peak", "max |error|");
+}
+
+// Returns whether the row's error is within tolerance.
+bool print_row(const result_row& r) {
+  const bool ok = r.max_error <= r.tolerance;
+  char time[32], rate[32], peak[32];
+  if (r.seconds < 1e-3) {
+    std::snprintf(time, sizeof time, "%.1f us", r.seconds * 1e6);
+  } else {
+    std::snprintf(time, sizeof time, "%.2f ms", r.seconds * 1e3);
+  }
+  std::snprintf(rate, sizeof rate, "%.1f %s", r.rate, r.unit);
+  std::snprintf(peak, sizeof peak, "%.1f%% %s", 100.0 * r.peak_fraction, r.peak_kind);
+  const bool contended = r.cpu_share < contended_share;
+  any_contended |= contended;
+  std::printf("%-30s %-28s %11s%s %17s %12s %12.2e %s\n", r.name.c_str(), r.shape.c_str(), time,
+              contended ? "*" : " ", rate, peak, r.max_error, ok ? "ok" : "FAIL");
+  return ok;
+}
+
+struct timing {
+  double seconds = 1e300;  // best wall-clock time of one run
+  double cpu_share = 1.0;  // of that run: process CPU time / (wall time × threads)
+};
+
+// Times call(run): at least one run, then more while the total stays under about a second (at
+// most ten); keeps the fastest.
+template <class Call>
+timing best_of_runs(std::size_t threads, Call&& call) {
+  timing best;
+  double total = 0.0;
+  for (int run = 0; run < 10 && (run == 0 || total < 1.0); ++run) {
+    const std::clock_t cpu_start = std::clock();
+    const auto start = attnkit_bench::steady::now();
+    call(run);
+    const double s = std::chrono::duration<double>(attnkit_bench::steady::now() - start).count();
+    const double cpu = double(std::clock() - cpu_start) / double(CLOCKS_PER_SEC);
+    if (s < best.seconds) best = {s, cpu / (s * double(threads))};
+    total += s;
+  }
+  return best;
+}
+
+// The error allowed for an output of type T (values are within [-1, 1]): one unit in the last
+// place at 1.0 for 16-bit outputs, a few fp32 roundings of accumulated error for float.
+template <class T>
+constexpr double tolerance_for() {
+  if constexpr (std::is_same_v<T, float>) {
+    return 1e-4;
+  } else if constexpr (std::is_same_v<T, attnkit::half>) {
+    return 1.0 / 1024.0;
+  } else {
+    return 1.0 / 128.0;
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Dense softmax attention.
+// ------------------------------------------------------------------------------------------------
+
+// A dense case. Bandwidth-bound cases (decode) are reported against the read bandwidth and rotate
+// through enough copies of K/V to read a cold cache on every run, as an engine running many
+// layers does; compute-bound ones (prefill) against the FMA peak, with one copy.
+struct dense_case {
+  index_t q_tokens, kv_tokens, q_heads, kv_heads, head_dim;
+  bool bandwidth_bound;
+};
+
+// max |out - reference| over the query heads of KV heads `kv_heads_checked`: the reference runs
+// on views of just those heads (q heads [g·G, (g+1)·G) with KV head g).
+template <class TQ, class KV, class TO, class Mask>
+double max_error_vs_reference(attnkit::tensor_view<const TQ, 3> q,
+                              attnkit::tensor_view<const KV, 3> k,
+                              attnkit::tensor_view<const KV, 3> v,
+                              attnkit::tensor_view<const TO, 3> out, const Mask& mask,
+                              const std::vector<index_t>& kv_heads_checked) {
+  const index_t n_q = q.extent(0), d = q.extent(2);
+  const index_t group = q.extent(1) / k.extent(1);
+  std::vector<float> expected(std::size_t(n_q * group * d));
+  double max_error = 0.0;
+  for (const index_t g : kv_heads_checked) {
+    const attnkit::tensor_view<const TQ, 3> q_group(q.row(0, g * group), {n_q, group, d},
+                                                    q.strides());
+    const attnkit::tensor_view<const KV, 3> k_head(k.row(0, g), {k.extent(0), 1, d}, k.strides());
+    const attnkit::tensor_view<const KV, 3> v_head(v.row(0, g), {v.extent(0), 1, d}, v.strides());
+    const attnkit::tensor_view<float, 3> ref(expected.data(), {n_q, group, d});
+    attnkit::attention(attnkit::backend::reference{}, q_group, k_head, v_head, ref, mask);
+    for (index_t i = 0; i < n_q; ++i)
+      for (index_t h = 0; h < group; ++h)
+        for (index_t c = 0; c < d; ++c)
+          max_error = std::max(
+              max_error,
+              double(std::fabs(attnkit::to_float(out(i, g * group + h, c)) - ref(i, h, c))));
+  }
+  return max_error;
+}
+
+template <class TQ, class KV, class Mask>
+result_row run_dense(const machine& m, std::string name, const dense_case& c, const Mask& mask) {
+  using TO = TQ;
+  const index_t d = c.head_dim;
+  const std::size_t kv_elems = std::size_t(c.kv_tokens * c.kv_heads * d);
+  const double kv_bytes = attnkit_bench::kv_bytes<KV>(c.kv_tokens, c.kv_heads, d);
+  const std::size_t copies =
+      c.bandwidth_bound
+          ? std::max<std::size_t>(
+                1,
+                std::size_t(std::ceil(double(attnkit_bench::default_bandwidth_bytes()) / kv_bytes)))
+          : 1;
+
+  buffer<TQ> q(std::size_t(c.q_tokens * c.q_heads * d));
+  buffer<TO> out(q.size());
+  buffer<KV> k(kv_elems * copies), v(kv_elems * copies);
+  attnkit_bench::fill_uniform(q, 1);
+  attnkit_bench::fill_zero(out);
+  {
+    buffer<KV> k0(kv_elems), v0(kv_elems);
+    attnkit_bench::fill_uniform(k0, 2);
+    attnkit_bench::fill_uniform(v0, 3);
+    for (std::size_t i = 0; i < copies; ++i) {
+      std::memcpy(static_cast<void*>(k.data() + i * kv_elems), k0.data(), k0.bytes());
+      std::memcpy(static_cast<void*>(v.data() + i * kv_elems), v0.data(), v0.bytes());
+    }
+  }
+  const auto k_view = [&](std::size_t copy) {
+    return attnkit::tensor_view<const KV, 3>(k.data() + copy * kv_elems,
+                                             {c.kv_tokens, c.kv_heads, d});
+  };
+  const auto v_view = [&](std::size_t copy) {
+    return attnkit::tensor_view<const KV, 3>(v.data() + copy * kv_elems,
+                                             {c.kv_tokens, c.kv_heads, d});
+  };
+
+  const timing t = best_of_runs(m.threads, [&](int run) {
+    const std::size_t copy = std::size_t(run) % copies;
+    attnkit::attention(attnkit::cpu, q.cview(c.q_tokens, c.q_heads, d), k_view(copy), v_view(copy),
+                       out.view(c.q_tokens, c.q_heads, d), mask);
+  });
+
+  result_row r;
+  r.name = std::move(name);
+  char shape[64];
+  if (c.bandwidth_bound) {
+    std::snprintf(shape, sizeof shape, "n_kv=%ld heads=%ld/%ld d=%ld", long(c.kv_tokens),
+                  long(c.q_heads), long(c.kv_heads), long(d));
+  } else {
+    std::snprintf(shape, sizeof shape, "n=%ld heads=%ld/%ld d=%ld", long(c.q_tokens),
+                  long(c.q_heads), long(c.kv_heads), long(d));
+  }
+  r.shape = shape;
+  r.seconds = t.seconds;
+  r.cpu_share = t.cpu_share;
+  if (c.bandwidth_bound) {
+    r.rate = kv_bytes / r.seconds * 1e-9;
+    r.unit = "GB/s";
+    r.peak_fraction = r.rate / m.read_gbs;
+    r.peak_kind = "read";
+  } else {
+    r.rate = attnkit_bench::attention_flops(mask, c.q_tokens, c.kv_tokens, c.q_heads, d) /
+             r.seconds * 1e-9;
+    r.unit = "GFLOP/s";
+    r.peak_fraction = r.rate / m.fma_gflops;
+    r.peak_kind = "FMA";
+  }
+  // `out` holds the last run's result; every copy of K/V holds the same values.
+  r.max_error = max_error_vs_reference<TQ, KV, TO>(
+      q.cview(c.q_tokens, c.q_heads, d), k_view(0), v_view(0),
+      attnkit::tensor_view<const TO, 3>(out.data(), {c.q_tokens, c.q_heads, d}), mask,
+      c.kv_heads > 1 ? std::vector<index_t>{0, c.kv_heads - 1} : std::vector<index_t>{0});
+  r.tolerance = tolerance_for<TO>();
+  return r;
+}
+
+bool section_dense(const machine& m) {
+  using attnkit::bfloat16;
+  using attnkit::half;
+  print_section("Dense softmax attention: attnkit::attention(attnkit::cpu, q, k, v, out, mask)",
+                "prefill: % of the FMA peak over the unmasked (q,k) pairs (4*d flops each);\n"
+                "decode: % of the read bandwidth for K+V, cold cache (K/V rotated through copies "
+                ">= 1 GiB).\n"
+                "error: max |out - backend::reference| over the query heads of KV heads 0 and "
+                "last.");
+  bool ok = true;
+  const dense_case prefill{2048, 2048, 32, 8, 128, false};
+  ok &= print_row(run_dense<float, float>(m, "prefill causal  fp32", prefill, attnkit::causal{}));
+  ok &= print_row(
+      run_dense<bfloat16, bfloat16>(m, "prefill causal  bf16", prefill, attnkit::causal{}));
+  for (const index_t n_kv : {8192, 32768}) {
+    const dense_case decode{1, n_kv, 32, 8, 128, true};
+    ok &= print_row(
+        run_dense<float, half>(m, "decode  fp16 KV, fp32 q/out", decode, attnkit::causal{}));
+  }
+  return ok;
+}
+
+// Later sections go here, one function each, printed with print_section/print_row:
+//   section_sliding_window(m)    local attention masks (prefill and decode)
+//   section_linear_attention(m)  linear / recurrent attention
+//   section_kv_eviction(m)       attention over a compressed or evicted KV cache
+
+}  // namespace
+
+int main() {
+  const machine m = measure_machine();
+  print_header(m);
+  bool ok = true;
+  ok &= section_dense(m);
+  if (any_contended)
+    std::printf(
+        "\n* the threads got less than %.0f%% of the cores during the best run (another "
+        "process, or idle threads): read the throughput as a lower bound.\n",
+        100.0 * contended_share);
+  std::printf("\n%s\n", ok ? "all checks passed" : "SOME CHECKS FAILED");
+  return ok ? 0 : 1;
+}
