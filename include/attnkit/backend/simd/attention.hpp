@@ -135,11 +135,13 @@ void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
                               base_items * plan.splits * slot_floats))
                         : nullptr;
 
-  const index_t head_jobs = p.kv_heads / plan.kv_heads_per_job;
+  // Items go head by head, so a head's K/V stay in the caches while all its query tiles run,
+  // and within a head from the last query tile (under a causal mask the most expensive) to the
+  // first, so the cheap items come last and even out the threads at the end.
   auto job_for = [&](index_t base, index_t split) {
-    const index_t tile = plan.query_tiles - 1 - base / head_jobs;  // expensive tiles first
+    const index_t tile = plan.query_tiles - 1 - base % plan.query_tiles;
     tile_job job;
-    job.kv_head = (base % head_jobs) * plan.kv_heads_per_job;
+    job.kv_head = (base / plan.query_tiles) * plan.kv_heads_per_job;
     job.kv_heads = plan.kv_heads_per_job;
     job.token_begin = tile * plan.tile_tokens;
     job.tokens = std::min(plan.tile_tokens, p.q_tokens - job.token_begin);

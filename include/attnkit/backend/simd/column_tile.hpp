@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 
 #include "attnkit/backend/simd/convert.hpp"
 #include "attnkit/backend/simd/gemm.hpp"
@@ -23,24 +24,6 @@ namespace simd {
 inline index_t column_tile_scratch(index_t padded_rows, index_t padded_dim) {
   return padded_dim * padded_rows * 2 + key_block * padded_dim * 2 + key_block * padded_rows +
          4 * padded_rows;
-}
-
-// Stages keys [j0, j0 + keys) of one KV head as fp32 rows of padded_dim floats, and prefetches
-// the next block (the kernels stage blocks in order), so memory latency overlaps compute.
-template <class A, class TKV, class Mask>
-ATTNKIT_ALWAYS_INLINE void stage_block(const tile_context<TKV, Mask>& ctx, const TKV* k_head,
-                                       const TKV* v_head, index_t j0, index_t keys, index_t kv_end,
-                                       index_t d, index_t dp, float* ks, float* vs) {
-  const index_t next = j0 + keys;
-  if (next < kv_end && ctx.k.stride(2) == 1 && ctx.v.stride(2) == 1) {
-    const index_t next_keys = std::min(key_block, kv_end - next);
-    prefetch_rows(k_head + next * ctx.k.stride(0), ctx.k.stride(0), next_keys, d);
-    prefetch_rows(v_head + next * ctx.v.stride(0), ctx.v.stride(0), next_keys, d);
-  }
-  stage_rows<A>(k_head + j0 * ctx.k.stride(0), ctx.k.stride(0), ctx.k.stride(2), keys, d, ks, dp,
-                dp, 1.0f);
-  stage_rows<A>(v_head + j0 * ctx.v.stride(0), ctx.v.stride(0), ctx.v.stride(2), keys, d, vs, dp,
-                dp, 1.0f);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -97,9 +80,23 @@ void column_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const 
         classify_group(*ctx.mask, q_range, {j0, j0 + keys}, first_head, group);
     if (kind == tile_kind::empty) continue;
 
-    stage_block<A>(ctx, k_head, v_head, j0, keys, job.kv_end, d, dp, ks, vs);
+    // The logit GEMM broadcasts K along its rows, so fp32 K with any strides is read in place;
+    // 16-bit K is converted once per block into fp32 rows first. V is always staged: the output
+    // GEMM reads it down its columns, and in place those reads are kv_heads·head_dim floats
+    // apart — one L1 set for the whole block, thrashing it.
+    const float* k_block = ks;
+    index_t k_row = dp, k_col = 1;
+    if constexpr (std::is_same_v<TKV, float>) {
+      k_block = k_head + j0 * ctx.k.stride(0);
+      k_row = ctx.k.stride(0), k_col = ctx.k.stride(2);
+    } else {
+      stage_rows<A>(k_head + j0 * ctx.k.stride(0), ctx.k.stride(0), ctx.k.stride(2), keys, d, ks,
+                    dp, dp, 1.0f);
+    }
+    stage_rows<A>(v_head + j0 * ctx.v.stride(0), ctx.v.stride(0), ctx.v.stride(2), keys, d, vs, dp,
+                  dp, 1.0f);
     // Sᵀ[key][row] = Σ_c K[key][c] · Qᵀ[c][row]
-    gemm<A>(keys, rp, d, ks, dp, 1, qt, rp, st, rp, false);
+    gemm<A>(keys, rp, d, k_block, k_row, k_col, qt, rp, st, rp, false);
 
     if (transform) {
       for (index_t j = 0; j < keys; ++j) {
@@ -116,10 +113,11 @@ void column_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const 
     if (kind == tile_kind::partial) {
       for (index_t j = 0; j < keys; ++j) {
         float* s = st + j * rp;
-        for (index_t r = 0; r < rows; ++r)
-          if (!ctx.mask->allows(p.query_position(job.token_begin + r / group), j0 + j,
-                                first_head + r % group))
-            s[r] = minus_infinity;
+        for (index_t t = 0; t < job.tokens; ++t) {
+          const position q_pos = p.query_position(job.token_begin + t);
+          for (index_t g = 0; g < group; ++g)
+            if (!ctx.mask->allows(q_pos, j0 + j, first_head + g)) s[t * group + g] = minus_infinity;
+        }
       }
     }
 
