@@ -112,7 +112,29 @@ inline void normalise_rows(index_t rows, index_t padded_dim, float* o_rows, cons
   }
 }
 
-template <class A, index_t D, class TQ, class TKV, class TO, class Mask, class Executor>
+// Runs one tile kernel with the head dimension as a compile-time constant where it is one of the
+// common ones (the kernels' loops over it then unroll), as a run-time value otherwise. Only the
+// kernels are instantiated per head dim; the driver around them is not.
+template <class A, class TKV, class Mask>
+void run_tile(bool row_kernel, const tile_context<TKV, Mask>& context, const tile_job& job,
+              const float* q_rows, float* o_rows, float* m, float* l, float* work) {
+  auto run = [&]<index_t D>() {
+    if (row_kernel)
+      row_tile<A, D>(context, job, q_rows, o_rows, m, l, work);
+    else
+      column_tile<A, D>(context, job, q_rows, o_rows, m, l, work);
+  };
+  switch (context.params->head_dim) {
+    case 64: return run.template operator()<64>();
+    case 80: return run.template operator()<80>();
+    case 96: return run.template operator()<96>();
+    case 128: return run.template operator()<128>();
+    case 256: return run.template operator()<256>();
+    default: return run.template operator()<0>();
+  }
+}
+
+template <class A, class TQ, class TKV, class TO, class Mask, class Executor>
 void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
                    tensor_view<const TKV, 3> v, tensor_view<TO, 3> out, const Mask& mask,
                    const attention_params& p, Executor& executor) {
@@ -169,10 +191,7 @@ void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
         stage_rows<A>(q.row(job.token_begin + t, (job.kv_head + h) * group), q.stride(1),
                       q.stride(2), group, p.head_dim,
                       q_rows + (h * job.tokens + t) * group * dp, dp, dp, q_multiplier);
-    if (plan.row_kernel)
-      row_tile<A, D>(context, job, q_rows, o_rows, m, l, work);
-    else
-      column_tile<A, D>(context, job, q_rows, o_rows, m, l, work);
+    run_tile<A>(plan.row_kernel, context, job, q_rows, o_rows, m, l, work);
     normalise_rows(rows, dp, o_rows, m, l, lse2);
 
     if (plan.splits == 1) {
@@ -220,20 +239,13 @@ void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
 
 }  // namespace simd
 
-// The backend entry: pick the compile-time head-dim fast path, then run.
+// The backend entry.
 template <class Arch, class TQ, class TK, class TV, class TO, class Mask, class Executor>
 void attention_impl(backend::simd<Arch>, tensor_view<const TQ, 3> q, tensor_view<const TK, 3> k,
                     tensor_view<const TV, 3> v, tensor_view<TO, 3> out, const Mask& mask,
                     const attention_params& p, Executor& executor) {
   static_assert(std::is_same_v<TK, TV>, "k and v must have the same element type");
-  switch (p.head_dim) {
-    case 64: return simd::run_attention<Arch, 64>(q, k, v, out, mask, p, executor);
-    case 80: return simd::run_attention<Arch, 80>(q, k, v, out, mask, p, executor);
-    case 96: return simd::run_attention<Arch, 96>(q, k, v, out, mask, p, executor);
-    case 128: return simd::run_attention<Arch, 128>(q, k, v, out, mask, p, executor);
-    case 256: return simd::run_attention<Arch, 256>(q, k, v, out, mask, p, executor);
-    default: return simd::run_attention<Arch, 0>(q, k, v, out, mask, p, executor);
-  }
+  simd::run_attention<Arch>(q, k, v, out, mask, p, executor);
 }
 
 }  // namespace detail
