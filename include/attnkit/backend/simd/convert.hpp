@@ -113,6 +113,43 @@ ATTNKIT_ALWAYS_INLINE void prefetch_rows(const T* source, index_t row_stride, in
 #endif
 }
 
+// A range of rows to pull towards the core a few lines at a time, interleaved with compute: a
+// whole block of prefetches at once only stalls on the line-fill buffers, while a steady trickle
+// keeps memory busy during the arithmetic of the previous block. Lines go to L2 (prefetcht1):
+// the kernels that use this touch each line once, soon after.
+class prefetch_stream {
+ public:
+  prefetch_stream() = default;
+  prefetch_stream(const void* first_row, index_t row_bytes, index_t row_stride_bytes, index_t rows)
+      : base_(static_cast<const char*>(first_row)),
+        row_bytes_(row_bytes),
+        row_stride_bytes_(row_stride_bytes),
+        rows_(rows) {}
+
+  index_t lines() const noexcept { return rows_ * ((row_bytes_ + 63) / 64); }
+
+  ATTNKIT_ALWAYS_INLINE void issue(index_t lines) noexcept {
+    for (; lines > 0 && row_ < rows_; --lines) {
+#if defined(__GNUC__) || defined(__clang__)
+      __builtin_prefetch(base_ + row_ * row_stride_bytes_ + offset_, 0, 2);
+#endif
+      offset_ += 64;
+      if (offset_ >= row_bytes_) {
+        offset_ = 0;
+        ++row_;
+      }
+    }
+  }
+
+ private:
+  const char* base_ = nullptr;
+  index_t row_bytes_ = 0;
+  index_t row_stride_bytes_ = 0;
+  index_t rows_ = 0;
+  index_t row_ = 0;
+  index_t offset_ = 0;
+};
+
 }  // namespace simd
 }  // namespace detail
 }  // namespace attnkit

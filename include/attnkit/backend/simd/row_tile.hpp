@@ -198,6 +198,22 @@ void row_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const flo
       }
     }
 
+    // The next block streams in while this one computes: its tokens' rows of all heads are one
+    // contiguous run each in NHD memory (head stride = head_dim), which is what is prefetched.
+    prefetch_stream next_k, next_v;
+    const index_t next = j0 + keys;
+    if (direct && next < job.kv_end && (job.kv_heads == 1 || (ctx.k.stride(1) == d && ctx.v.stride(1) == d))) {
+      const index_t next_keys = std::min(block, job.kv_end - next);
+      const index_t run_bytes = job.kv_heads * d * static_cast<index_t>(sizeof(TKV));
+      next_k = prefetch_stream(ctx.k.row(next, job.kv_head), run_bytes,
+                               ctx.k.stride(0) * static_cast<index_t>(sizeof(TKV)), next_keys);
+      next_v = prefetch_stream(ctx.v.row(next, job.kv_head), run_bytes,
+                               ctx.v.stride(0) * static_cast<index_t>(sizeof(TKV)), next_keys);
+    }
+    // Spread over the (key pair, head) steps of both passes below.
+    const index_t steps = 2 * ((keys + 1) / 2) * job.kv_heads;
+    const index_t lines_per_step = (next_k.lines() + next_v.lines() + steps - 1) / steps;
+
     // Logits, token-major: for each key (pair), every head's rows. In NHD memory a token's heads
     // are contiguous, so K is read as one sequential stream the hardware prefetchers follow.
     auto logits = [&](const auto* k_base, index_t k_token_stride, index_t k_head_stride) {
@@ -206,6 +222,7 @@ void row_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const flo
         for (index_t jj = 0; jj < count; jj += 2) {
           const bool pair = jj + 1 < count;
           for (index_t h = 0; h < job.kv_heads; ++h) {
+            next_k.issue(lines_per_step);
             const auto* key_a = k_base + (jb + jj) * k_token_stride + h * k_head_stride;
             const float* q = q_rows + h * rows_per_head * dp;
             batch* head_partial = partial + h * rows_per_head * width;
@@ -278,6 +295,8 @@ void row_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const flo
       for (index_t jj = 0; jj < keys; jj += 2) {
         const bool pair = jj + 1 < keys;
         for (index_t h = 0; h < job.kv_heads; ++h) {
+          next_v.issue(lines_per_step);
+          next_k.issue(lines_per_step);
           const auto* value_a = v_base + jj * v_token_stride + h * v_head_stride;
           const index_t first = h * rows_per_head;
           for_row_blocks(rows_per_head, [&](auto rb, index_t r) {
