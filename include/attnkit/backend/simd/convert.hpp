@@ -126,7 +126,10 @@ class prefetch_stream {
         row_stride_bytes_(row_stride_bytes),
         rows_(rows) {}
 
-  index_t lines() const noexcept { return rows_ * ((row_bytes_ + 63) / 64); }
+  // Lines not issued yet.
+  index_t lines() const noexcept {
+    return (rows_ - row_) * ((row_bytes_ + 63) / 64) - offset_ / 64;
+  }
 
   ATTNKIT_ALWAYS_INLINE void issue(index_t lines) noexcept {
     for (; lines > 0 && row_ < rows_; --lines) {
