@@ -1,0 +1,14 @@
+// Not a test: the one instantiation of attnkit::cpu for bfloat16 K/V that every test executable
+// links (library attnkit_test_cpu_kernels, see support/cpu_kernel.hpp): both masks, every query and
+// output type, executor erased to any_executor.
+#include "support/cpu_kernel.hpp"
+
+namespace attnkit_test {
+
+void cpu_attention_kv_bfloat16(erased_view3 q, erased_view3 k, erased_view3 v, erased_view3 out,
+                               builtin_mask mask, const attnkit::attention_options& options,
+                               const any_executor* executor) {
+  detail::cpu_attention_for_kv<attnkit::bfloat16>(q, k, v, out, mask, options, executor);
+}
+
+}  // namespace attnkit_test
