@@ -23,9 +23,12 @@ void merge_states(tensor_view<TA, 3> o_a, tensor_view<const float, 2> lse_a,
   static_assert(is_storage_type_v<TO>, "out must be a mutable view of float, half or bfloat16");
   constexpr const char* function = "attnkit::merge_states";
   const index_t tokens = o_a.extent(0), heads = o_a.extent(1), dim = o_a.extent(2);
+  constexpr const char* o_b_extent[] = {"o_b extent 0", "o_b extent 1", "o_b extent 2"};
+  constexpr const char* out_extent[] = {"out extent 0", "out extent 1", "out extent 2"};
+  constexpr const char* o_a_extent[] = {"o_a extent 0", "o_a extent 1", "o_a extent 2"};
   for (std::size_t d = 0; d < 3; ++d) {
-    detail::check_extent(function, "o_b extent", o_b.extent(d), "o_a's", o_a.extent(d));
-    detail::check_extent(function, "out extent", out.extent(d), "o_a's", o_a.extent(d));
+    detail::check_extent(function, o_b_extent[d], o_b.extent(d), o_a_extent[d], o_a.extent(d));
+    detail::check_extent(function, out_extent[d], out.extent(d), o_a_extent[d], o_a.extent(d));
   }
   detail::check_extent(function, "lse_a extent 0", lse_a.extent(0), "heads", heads);
   detail::check_extent(function, "lse_a extent 1", lse_a.extent(1), "tokens", tokens);

@@ -30,8 +30,10 @@ template <class... Parts>
   throw error(message.str());
 }
 
+// constexpr so that constexpr functions (tensor_view's constructors) can check arguments; it
+// only throws, and so only leaves constant evaluation, when the condition fails.
 template <class... Parts>
-void require(bool condition, const Parts&... parts) {
+constexpr void require(bool condition, const Parts&... parts) {
   if (!condition) fail(parts...);
 }
 

@@ -8,7 +8,9 @@
 
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "attnkit/backend/tags.hpp"
@@ -19,6 +21,19 @@
 
 namespace attnkit {
 namespace detail {
+
+// One correct rounding from fp64 to the output type. Going through fp32 with round-to-nearest
+// would round twice; rounding to fp32 *to odd* first (of the two floats around x, the one with an
+// odd last bit) keeps enough information for the final rounding to half or bfloat16 to be exact.
+template <class T>
+T round_from_double(double x) {
+  float f = static_cast<float>(x);
+  if constexpr (!std::is_same_v<T, float>) {
+    if (static_cast<double>(f) != x && std::isfinite(f) && (bits_as<std::uint32_t>(f) & 1u) == 0)
+      f = std::nextafter(f, static_cast<double>(f) > x ? -HUGE_VALF : HUGE_VALF);
+  }
+  return from_float<T>(f);
+}
 
 template <class TQ, class TK, class TV, class TO, class Mask, class Executor>
 void attention_impl(backend::reference, tensor_view<const TQ, 3> q, tensor_view<const TK, 3> k,
@@ -64,8 +79,8 @@ void attention_impl(backend::reference, tensor_view<const TQ, 3> q, tensor_view<
       }
       // A row that sees no key is defined as zeros with log-sum-exp -inf (never 0/0 = NaN).
       for (index_t c = 0; c < d; ++c)
-        out(i, h, c) = from_float<TO>(
-            sum > 0.0 ? static_cast<float>(acc[static_cast<std::size_t>(c)] / sum) : 0.0f);
+        out(i, h, c) =
+            round_from_double<TO>(sum > 0.0 ? acc[static_cast<std::size_t>(c)] / sum : 0.0);
       if (!p.log_sum_exp.empty())
         p.log_sum_exp(h, i) = sum > 0.0 ? static_cast<float>(row_max + std::log(sum))
                                         : -std::numeric_limits<float>::infinity();
