@@ -6,21 +6,17 @@
 // CUDA users include <attnkit/cuda.cuh> from files compiled by nvcc.
 #pragma once
 
+#include "attnkit/attention/attention.hpp"
+#include "attnkit/attention/merge_states.hpp"
+#include "attnkit/backend/tags.hpp"
 #include "attnkit/core/config.hpp"
 #include "attnkit/core/error.hpp"
 #include "attnkit/core/float16.hpp"
 #include "attnkit/core/options.hpp"
 #include "attnkit/core/softmax_state.hpp"
 #include "attnkit/core/tensor_view.hpp"
-
 #include "attnkit/mask/causal.hpp"
 #include "attnkit/mask/full.hpp"
 #include "attnkit/mask/tile.hpp"
-
 #include "attnkit/parallel/executor.hpp"
 #include "attnkit/parallel/thread_pool.hpp"
-
-#include "attnkit/backend/tags.hpp"
-
-#include "attnkit/attention/attention.hpp"
-#include "attnkit/attention/merge_states.hpp"

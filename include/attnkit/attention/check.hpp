@@ -22,8 +22,8 @@ namespace detail {
 
 template <class T, std::size_t Rank>
 void check_view_data(const char* function, const char* name, const tensor_view<T, Rank>& view) {
-  require(view.data() != nullptr || view.empty(), function, ": '", name,
-          "' has null data but ", view.size(), " elements");
+  require(view.data() != nullptr || view.empty(), function, ": '", name, "' has null data but ",
+          view.size(), " elements");
 }
 
 inline void check_extent(const char* function, const char* what, index_t value,
@@ -34,8 +34,7 @@ inline void check_extent(const char* function, const char* what, index_t value,
 
 template <class TQ, class TK, class TV, class TO>
 attention_params check_attention_arguments(const char* function, const tensor_view<TQ, 3>& q,
-                                           const tensor_view<TK, 3>& k,
-                                           const tensor_view<TV, 3>& v,
+                                           const tensor_view<TK, 3>& k, const tensor_view<TV, 3>& v,
                                            const tensor_view<TO, 3>& out,
                                            const attention_options& options) {
   static_assert(is_storage_type_v<std::remove_cv_t<TQ>>, "q must hold float, half or bfloat16");

@@ -15,9 +15,9 @@ namespace attnkit {
 // the same memory as o_a or o_b, and lse_out as lse_a or lse_b (in-place accumulation). A row
 // empty on both sides stays zeros with lse -inf.
 template <class TA, class TB, class TO>
-void merge_states(tensor_view<TA, 3> o_a, tensor_view<const float, 2> lse_a,
-                  tensor_view<TB, 3> o_b, tensor_view<const float, 2> lse_b,
-                  tensor_view<TO, 3> out, tensor_view<float, 2> lse_out = {}) {
+void merge_states(tensor_view<TA, 3> o_a, tensor_view<const float, 2> lse_a, tensor_view<TB, 3> o_b,
+                  tensor_view<const float, 2> lse_b, tensor_view<TO, 3> out,
+                  tensor_view<float, 2> lse_out = {}) {
   static_assert(is_storage_type_v<std::remove_cv_t<TA>> && is_storage_type_v<std::remove_cv_t<TB>>,
                 "o_a and o_b must hold float, half or bfloat16");
   static_assert(is_storage_type_v<TO>, "out must be a mutable view of float, half or bfloat16");

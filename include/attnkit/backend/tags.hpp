@@ -1,4 +1,5 @@
-// attnkit — backend tags: the first argument of every front door picks the hardware at compile time.
+// attnkit — backend tags: the first argument of every front door picks the hardware at compile
+// time.
 //
 //   attnkit::attention(attnkit::backend::reference{}, q, k, v, out, mask);   // the oracle
 //   attnkit::attention(attnkit::cpu, q, k, v, out, mask);                    // xsimd, best arch

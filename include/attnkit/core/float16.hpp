@@ -37,7 +37,6 @@ ATTNKIT_HOST_DEVICE constexpr int leading_zeros(std::uint32_t x) noexcept {
   return n;
 }
 
-
 // ---- Portable bit-manipulation conversions (constant-evaluable, device-safe). ----
 
 ATTNKIT_HOST_DEVICE constexpr float half_bits_to_float_soft(std::uint16_t h) {

@@ -2,6 +2,6 @@
 // intrinsics.hpp includes with GCC 12's false -Wmaybe-uninitialized silenced.
 #pragma once
 
-#include "attnkit/core/intrinsics.hpp"
-
 #include <xsimd/xsimd.hpp>
+
+#include "attnkit/core/intrinsics.hpp"

@@ -42,8 +42,8 @@ class tensor_view {
 
   // A view of T converts to a view of const T (never the other way).
   template <class U>
-    requires(!std::is_same_v<U, T> && std::is_convertible_v<U (*)[], T (*)[]>)
-  constexpr tensor_view(const tensor_view<U, Rank>& other)  // NOLINT: implicit on purpose
+  requires(!std::is_same_v<U, T> && std::is_convertible_v<U (*)[], T (*)[]>) constexpr tensor_view(
+      const tensor_view<U, Rank>& other)  // NOLINT: implicit on purpose
       : data_(other.data()), extents_(other.extents()), strides_(other.strides()) {}
 
   constexpr T* data() const noexcept { return data_; }
@@ -60,8 +60,9 @@ class tensor_view {
   constexpr bool empty() const noexcept { return size() == 0; }
 
   template <class... Indices>
-    requires(sizeof...(Indices) == Rank && (std::is_convertible_v<Indices, index_t> && ...))
-  constexpr T& operator()(Indices... indices) const noexcept {
+  requires(sizeof...(Indices) == Rank &&
+           (std::is_convertible_v<Indices, index_t> && ...)) constexpr T&
+  operator()(Indices... indices) const noexcept {
     const std::array<index_t, Rank> at{static_cast<index_t>(indices)...};
     index_t offset = 0;
     for (std::size_t d = 0; d < Rank; ++d) offset += at[d] * strides_[d];
@@ -70,8 +71,7 @@ class tensor_view {
 
   // Pointer to the start of the innermost row at the given leading indices.
   template <class... Indices>
-    requires(sizeof...(Indices) == Rank - 1)
-  constexpr T* row(Indices... indices) const noexcept {
+  requires(sizeof...(Indices) == Rank - 1) constexpr T* row(Indices... indices) const noexcept {
     const std::array<index_t, Rank - 1> at{static_cast<index_t>(indices)...};
     index_t offset = 0;
     for (std::size_t d = 0; d + 1 < Rank; ++d) offset += at[d] * strides_[d];

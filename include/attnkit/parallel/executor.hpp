@@ -26,7 +26,9 @@ struct probe_item {
 }  // namespace detail
 
 template <class E>
-concept executor = requires(E& e, std::size_t n) { e(n, detail::probe_item{}); };
+concept executor = requires(E& e, std::size_t n) {
+  e(n, detail::probe_item{});
+};
 
 // Runs every item on the calling thread, in order.
 struct serial {

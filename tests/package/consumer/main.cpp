@@ -3,7 +3,6 @@
 // with the consumer's default flags (no -march): the CPU backend must build and agree with the
 // reference on whatever ISA that gives.
 #include <attnkit/attnkit.hpp>
-
 #include <cmath>
 #include <cstdio>
 #include <vector>
@@ -26,7 +25,8 @@ int main() {
                      attnkit::tensor_view<float, 3>(oracle.data(), {tokens, q_heads, dim}),
                      attnkit::causal{});
   float worst = 0.0f;
-  for (std::size_t i = 0; i < fast.size(); ++i) worst = std::fmax(worst, std::fabs(fast[i] - oracle[i]));
+  for (std::size_t i = 0; i < fast.size(); ++i)
+    worst = std::fmax(worst, std::fabs(fast[i] - oracle[i]));
   std::printf("consumer: max |cpu - reference| = %g\n", static_cast<double>(worst));
   return worst < 1e-5f ? 0 : 1;
 }

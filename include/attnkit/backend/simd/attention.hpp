@@ -15,15 +15,14 @@
 #include <limits>
 #include <type_traits>
 
-#include "attnkit/core/simd_include.hpp"
-
 #include "attnkit/backend/simd/column_tile.hpp"
-#include "attnkit/backend/simd/row_tile.hpp"
 #include "attnkit/backend/simd/convert.hpp"
+#include "attnkit/backend/simd/row_tile.hpp"
 #include "attnkit/backend/simd/scratch.hpp"
 #include "attnkit/backend/tags.hpp"
 #include "attnkit/core/float16.hpp"
 #include "attnkit/core/options.hpp"
+#include "attnkit/core/simd_include.hpp"
 #include "attnkit/core/tensor_view.hpp"
 #include "attnkit/parallel/executor.hpp"
 
@@ -125,12 +124,18 @@ void run_tile(bool row_kernel, const tile_context<TKV, Mask>& context, const til
       column_tile<A, D>(context, job, q_rows, o_rows, m, l, work);
   };
   switch (context.params->head_dim) {
-    case 64: return run.template operator()<64>();
-    case 80: return run.template operator()<80>();
-    case 96: return run.template operator()<96>();
-    case 128: return run.template operator()<128>();
-    case 256: return run.template operator()<256>();
-    default: return run.template operator()<0>();
+    case 64:
+      return run.template operator()<64>();
+    case 80:
+      return run.template operator()<80>();
+    case 96:
+      return run.template operator()<96>();
+    case 128:
+      return run.template operator()<128>();
+    case 256:
+      return run.template operator()<256>();
+    default:
+      return run.template operator()<0>();
   }
 }
 
@@ -152,10 +157,10 @@ void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
   // Split-KV partial results, one slot per (tile, split): normalised rows and base-2 lse.
   const index_t base_items = plan.base_items(p);
   const index_t slot_floats = rp * dp + rp;
-  float* partials = plan.splits > 1
-                        ? call_scratch().reserve(static_cast<std::size_t>(
-                              base_items * plan.splits * slot_floats))
-                        : nullptr;
+  float* partials =
+      plan.splits > 1
+          ? call_scratch().reserve(static_cast<std::size_t>(base_items * plan.splits * slot_floats))
+          : nullptr;
 
   // Items go head by head, so a head's K/V stay in the caches while all its query tiles run,
   // and within a head from the last query tile (under a causal mask the most expensive) to the
@@ -189,8 +194,8 @@ void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
     for (index_t h = 0; h < job.kv_heads; ++h)
       for (index_t t = 0; t < job.tokens; ++t)
         stage_rows<A>(q.row(job.token_begin + t, (job.kv_head + h) * group), q.stride(1),
-                      q.stride(2), group, p.head_dim,
-                      q_rows + (h * job.tokens + t) * group * dp, dp, dp, q_multiplier);
+                      q.stride(2), group, p.head_dim, q_rows + (h * job.tokens + t) * group * dp,
+                      dp, dp, q_multiplier);
     run_tile<A>(plan.row_kernel, context, job, q_rows, o_rows, m, l, work);
     normalise_rows(rows, dp, o_rows, m, l, lse2);
 

@@ -28,8 +28,8 @@ inline index_t column_tile_scratch(index_t padded_rows, index_t padded_dim) {
 
 // ---------------------------------------------------------------------------------------------
 // column_tile: rows across lanes.
-// q_rows: [padded_rows][padded_dim] staged queries, row r = token (r / G), head (r % G) of the group.
-// Outputs o_rows [padded_rows][padded_dim] (unnormalised), m and l [padded_rows] (base 2).
+// q_rows: [padded_rows][padded_dim] staged queries, row r = token (r / G), head (r % G) of the
+// group. Outputs o_rows [padded_rows][padded_dim] (unnormalised), m and l [padded_rows] (base 2).
 template <class A, index_t D, class TKV, class Mask>
 void column_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const float* q_rows,
                  float* o_rows, float* m, float* l, float* scratch) {
@@ -44,11 +44,11 @@ void column_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const 
   const head_index first_head = job.kv_head * group;
   constexpr float minus_infinity = -std::numeric_limits<float>::infinity();
 
-  float* qt = scratch;                       // [d][rp]   Qᵀ
-  float* ot = qt + dp * rp;                  // [d][rp]   Oᵀ accumulator
-  float* ks = ot + dp * rp;                  // [key_block][dp]
-  float* vs = ks + key_block * dp;           // [key_block][dp]
-  float* st = vs + key_block * dp;           // [key_block][rp]  Sᵀ, then Pᵀ in place
+  float* qt = scratch;                        // [d][rp]   Qᵀ
+  float* ot = qt + dp * rp;                   // [d][rp]   Oᵀ accumulator
+  float* ks = ot + dp * rp;                   // [key_block][dp]
+  float* vs = ks + key_block * dp;            // [key_block][dp]
+  float* st = vs + key_block * dp;            // [key_block][rp]  Sᵀ, then Pᵀ in place
   float* column_slope = st + key_block * rp;  // [rp]
   float* column_position = column_slope + rp;
   float* running_max = column_position + rp;
@@ -76,8 +76,7 @@ void column_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const 
 
   for (index_t j0 = job.kv_begin; j0 < job.kv_end; j0 += key_block) {
     const index_t keys = std::min(key_block, job.kv_end - j0);
-    const tile_kind kind =
-        classify_group(*ctx.mask, q_range, {j0, j0 + keys}, first_head, group);
+    const tile_kind kind = classify_group(*ctx.mask, q_range, {j0, j0 + keys}, first_head, group);
     if (kind == tile_kind::empty) continue;
 
     // The logit GEMM broadcasts K along its rows, so fp32 K with any strides is read in place;
@@ -103,7 +102,8 @@ void column_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const 
         const batch key_position(static_cast<float>(j0 + j));
         float* s = st + j * rp;
         for (index_t r = 0; r < rp; r += width) {
-          const batch distance = xsimd::abs(batch::load_aligned(column_position + r) - key_position);
+          const batch distance =
+              xsimd::abs(batch::load_aligned(column_position + r) - key_position);
           transform_logits<A>(p, batch::load_aligned(s + r), batch::load_aligned(column_slope + r),
                               distance)
               .store_aligned(s + r);
@@ -124,7 +124,8 @@ void column_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const 
     // Online softmax, all rows at once: new maximum, rescale factor, exponentials and sums.
     for (index_t r = 0; r < rp; r += width) {
       batch block_max(minus_infinity);
-      for (index_t j = 0; j < keys; ++j) block_max = xsimd::max(block_max, batch::load_aligned(st + j * rp + r));
+      for (index_t j = 0; j < keys; ++j)
+        block_max = xsimd::max(block_max, batch::load_aligned(st + j * rp + r));
       const batch old_max = batch::load_aligned(running_max + r);
       const batch new_max = xsimd::max(old_max, block_max);
       // A row with no visible key yet keeps max -inf; subtracting 0 instead keeps its

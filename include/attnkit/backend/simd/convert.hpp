@@ -10,11 +10,9 @@
 #include <cstring>
 #include <type_traits>
 
-#include "attnkit/core/simd_include.hpp"
-
 #include "attnkit/core/config.hpp"
 #include "attnkit/core/float16.hpp"
-
+#include "attnkit/core/simd_include.hpp"
 
 namespace attnkit {
 namespace detail {
@@ -25,7 +23,8 @@ using float_batch = xsimd::batch<float, A>;
 
 // Generic path: convert one batch worth of elements through a small aligned array.
 template <class A, class T>
-ATTNKIT_ALWAYS_INLINE float_batch<A> load_as_float(const T* source, xsimd::kernel::requires_arch<xsimd::generic>) {
+ATTNKIT_ALWAYS_INLINE float_batch<A> load_as_float(const T* source,
+                                                   xsimd::kernel::requires_arch<xsimd::generic>) {
   if constexpr (std::is_same_v<T, float>) {
     return float_batch<A>::load_unaligned(source);
   } else {
@@ -37,13 +36,15 @@ ATTNKIT_ALWAYS_INLINE float_batch<A> load_as_float(const T* source, xsimd::kerne
 
 #if defined(__AVX2__) && defined(__F16C__)
 template <class A, class T>
-ATTNKIT_ALWAYS_INLINE float_batch<A> load_as_float(const T* source, xsimd::kernel::requires_arch<xsimd::avx2>) {
+ATTNKIT_ALWAYS_INLINE float_batch<A> load_as_float(const T* source,
+                                                   xsimd::kernel::requires_arch<xsimd::avx2>) {
   if constexpr (std::is_same_v<T, float>) {
     return float_batch<A>::load_unaligned(source);
   } else if constexpr (std::is_same_v<T, half>) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(source)));
   } else {
-    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(source)));
+    const __m256i wide =
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(source)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
   }
 }
@@ -51,13 +52,15 @@ ATTNKIT_ALWAYS_INLINE float_batch<A> load_as_float(const T* source, xsimd::kerne
 
 #if defined(__AVX512F__)
 template <class A, class T>
-ATTNKIT_ALWAYS_INLINE float_batch<A> load_as_float(const T* source, xsimd::kernel::requires_arch<xsimd::avx512f>) {
+ATTNKIT_ALWAYS_INLINE float_batch<A> load_as_float(const T* source,
+                                                   xsimd::kernel::requires_arch<xsimd::avx512f>) {
   if constexpr (std::is_same_v<T, float>) {
     return float_batch<A>::load_unaligned(source);
   } else if constexpr (std::is_same_v<T, half>) {
     // The zero-masking forms: GCC 12 flags the plain ones' _mm512_undefined passthrough as
     // maybe-uninitialized once inlined.
-    return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(source)));
+    return _mm512_maskz_cvtph_ps(0xFFFF,
+                                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(source)));
   } else {
     const __m512i wide = _mm512_maskz_cvtepu16_epi32(
         0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(source)));
@@ -87,8 +90,7 @@ void stage_rows(const T* source, index_t row_stride, index_t col_stride, index_t
     float* out = destination + r * destination_stride;
     index_t c = 0;
     if (col_stride == 1) {
-      for (; c + width <= cols; c += width)
-        (load_float<A>(in + c) * scale).store_aligned(out + c);
+      for (; c + width <= cols; c += width) (load_float<A>(in + c) * scale).store_aligned(out + c);
     }
     for (; c < cols; ++c) out[c] = to_float(in[c * col_stride]) * multiplier;
     for (; c < padded_cols; ++c) out[c] = 0.0f;

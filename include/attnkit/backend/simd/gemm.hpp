@@ -6,7 +6,8 @@
 // one scalar at a time and broadcast, so it may have any row and depth strides. That one shape
 // covers both products without ever transposing K or V in memory:
 //   scores:  Sᵀ[key][query] = Σ_c K[key][c] · Qᵀ[c][query]         (A = staged K rows)
-//   output:  Oᵀ[c][query]  += Σ_key V[key][c] · Pᵀ[key][query]      (A = staged V, read down columns)
+//   output:  Oᵀ[c][query]  += Σ_key V[key][c] · Pᵀ[key][query]      (A = staged V, read down
+//   columns)
 // and the row-wise decode kernel's P·V as well. A block of MR rows x NR vectors of C lives in
 // registers for the whole depth loop: each step loads NR vectors of B and broadcasts MR scalars of
 // A for MR·NR FMAs, so on AVX-512 (6 x 4: 24 accumulators of 32 registers) the loads stay well
@@ -16,9 +17,8 @@
 #include <cstddef>
 #include <utility>
 
-#include "attnkit/core/simd_include.hpp"
-
 #include "attnkit/core/config.hpp"
+#include "attnkit/core/simd_include.hpp"
 
 namespace attnkit {
 namespace detail {
@@ -29,8 +29,8 @@ namespace simd {
 template <class A>
 struct gemm_shape {
   static constexpr int width = static_cast<int>(xsimd::batch<float, A>::size);
-  static constexpr int rows = width >= 16 ? 6 : 4;          // MR
-  static constexpr int vectors = width >= 16 ? 4 : 2;       // NR
+  static constexpr int rows = width >= 16 ? 6 : 4;     // MR
+  static constexpr int vectors = width >= 16 ? 4 : 2;  // NR
 };
 
 template <class A, int MR, int NR>
@@ -91,7 +91,8 @@ ATTNKIT_ALWAYS_INLINE void gemm_panel(index_t rows, index_t depth, const float* 
                                                       b, b_stride, c_rest, c_stride, accumulate)
                     : void()),
      ...);
-  }(std::make_integer_sequence<int, MR - 1>{});
+  }
+  (std::make_integer_sequence<int, MR - 1>{});
 }
 
 // C[rows x columns] (+)= A · B with `columns` a multiple of the vector width: panels of NR
@@ -113,7 +114,8 @@ void gemm(index_t rows, index_t columns, index_t depth, const float* a, index_t 
                                            b_stride, c + n, c_stride, accumulate)
                     : void()),
      ...);
-  }(std::make_integer_sequence<int, NR - 1>{});
+  }
+  (std::make_integer_sequence<int, NR - 1>{});
 }
 
 }  // namespace simd

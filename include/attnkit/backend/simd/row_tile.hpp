@@ -8,11 +8,11 @@
 // of the group from registers, and the job covers every KV head of the call, a key block at a
 // time, so the block's tokens — whose heads are contiguous in NHD memory — are read as one region.
 //
-//   logits:  for two keys at a time, dot products of every row with both keys, accumulated in
+//   logits:  for four keys at a time, dot products of every row with each key, accumulated in
 //            registers over the head dimension; `width` keys' accumulators are then folded into
 //            one vector of logits per row by a transposing reduction.
-//   output:  token-major as well: per pair of tokens and head, the value vectors are loaded
-//            once and added into that head's output rows (kept in L1) for every row.
+//   output:  token-major as well: per 4 tokens and head, the value vectors are loaded once and
+//            added into that head's output rows (kept in L1) for every row.
 //
 // Views whose last stride is not 1 or whose head dimension is not a multiple of the vector
 // width take a slower path: the block is first staged into fp32 with zero padding.
@@ -32,88 +32,86 @@ namespace simd {
 
 inline constexpr int row_block = 4;  // rows whose accumulators share the loaded K/V vectors
 
-// Dot products of rows [0, RB) (queries at q, rows q_stride apart) with keys key_a and key_b
-// (`vectors` vectors each), into partial[r * width + jj] and partial[r * width + jj + 1]. Each
-// loaded key vector serves every row from registers.
-template <class A, int RB, bool Pair, class T>
-ATTNKIT_ALWAYS_INLINE void dot_rows(const float* q, index_t q_stride, const T* key_a,
-                                    const T* key_b, index_t vectors,
+// Dot products of rows [0, RB) (queries at q, rows q_stride apart) with KP consecutive keys
+// (key, key + key_stride, ...; `vectors` vectors each) into partial[r * width + jj + i]. Each
+// loaded key vector serves every row from registers, each query vector every key.
+template <class A, int RB, int KP, class T>
+ATTNKIT_ALWAYS_INLINE void dot_rows(const float* q, index_t q_stride, const T* key,
+                                    index_t key_stride, index_t vectors,
                                     xsimd::batch<float, A>* partial, index_t jj) {
   using batch = xsimd::batch<float, A>;
   constexpr index_t width = batch::size;
-  batch acc_a[RB], acc_b[RB];
-  for (int r = 0; r < RB; ++r) acc_a[r] = acc_b[r] = batch(0.0f);
+  batch acc[RB][KP];
+  for (int r = 0; r < RB; ++r)
+    for (int i = 0; i < KP; ++i) acc[r][i] = batch(0.0f);
   for (index_t c = 0; c < vectors * width; c += width) {
-    const batch ka = load_float<A>(key_a + c);
-    if constexpr (Pair) {
-      const batch kb = load_float<A>(key_b + c);
-      for (int r = 0; r < RB; ++r) {
-        const batch qv = batch::load_aligned(q + r * q_stride + c);
-        acc_a[r] = xsimd::fma(qv, ka, acc_a[r]);
-        acc_b[r] = xsimd::fma(qv, kb, acc_b[r]);
-      }
-    } else {
-      for (int r = 0; r < RB; ++r)
-        acc_a[r] = xsimd::fma(batch::load_aligned(q + r * q_stride + c), ka, acc_a[r]);
+    batch kv[KP];
+    for (int i = 0; i < KP; ++i) kv[i] = load_float<A>(key + i * key_stride + c);
+    for (int r = 0; r < RB; ++r) {
+      const batch qv = batch::load_aligned(q + r * q_stride + c);
+      for (int i = 0; i < KP; ++i) acc[r][i] = xsimd::fma(qv, kv[i], acc[r][i]);
     }
   }
-  for (int r = 0; r < RB; ++r) {
-    partial[r * width + jj] = acc_a[r];
-    if constexpr (Pair) partial[r * width + jj + 1] = acc_b[r];
-  }
+  for (int r = 0; r < RB; ++r)
+    for (int i = 0; i < KP; ++i) partial[r * width + jj + i] = acc[r][i];
 }
 
-// o[r][0, CV vectors) += p[r][ja] · value_a + p[r][jb] · value_b for rows [0, RB): the output
-// rows of one head stay in L1 and are updated by two tokens at a time, so V can be streamed
-// token-major like K.
-template <class A, int RB, int CV, bool Pair, class T>
+// o[r][0, CV vectors) += Σ_i p[r][j + i] · value_i for rows [0, RB) and KP consecutive tokens:
+// the output rows of one head stay in L1 and are updated KP tokens at a time, so V can be
+// streamed token-major like K.
+template <class A, int RB, int CV, int KP, class T>
 ATTNKIT_ALWAYS_INLINE void accumulate_values(const float* p, index_t p_stride, index_t j,
-                                             const T* value_a, const T* value_b, float* o,
+                                             const T* value, index_t value_stride, float* o,
                                              index_t o_stride) {
   using batch = xsimd::batch<float, A>;
   constexpr index_t width = batch::size;
-  batch va[CV], vb[CV];
-  for (int c = 0; c < CV; ++c) {
-    va[c] = load_float<A>(value_a + c * width);
-    if constexpr (Pair) vb[c] = load_float<A>(value_b + c * width);
-  }
+  batch vv[KP][CV];
+  for (int i = 0; i < KP; ++i)
+    for (int c = 0; c < CV; ++c) vv[i][c] = load_float<A>(value + i * value_stride + c * width);
   for (int r = 0; r < RB; ++r) {
-    const batch wa(p[r * p_stride + j]);
+    batch weight[KP];
+    for (int i = 0; i < KP; ++i) weight[i] = batch(p[r * p_stride + j + i]);
     float* out = o + r * o_stride;
-    if constexpr (Pair) {
-      const batch wb(p[r * p_stride + j + 1]);
-      for (int c = 0; c < CV; ++c)
-        xsimd::fma(wb, vb[c], xsimd::fma(wa, va[c], batch::load_aligned(out + c * width)))
-            .store_aligned(out + c * width);
-    } else {
-      for (int c = 0; c < CV; ++c)
-        xsimd::fma(wa, va[c], batch::load_aligned(out + c * width)).store_aligned(out + c * width);
+    for (int c = 0; c < CV; ++c) {
+      batch acc = batch::load_aligned(out + c * width);
+      for (int i = 0; i < KP; ++i) acc = xsimd::fma(weight[i], vv[i][c], acc);
+      acc.store_aligned(out + c * width);
     }
   }
 }
 
-template <class A, int RB, bool Pair, class T>
+template <class A, int RB, int KP, class T>
 ATTNKIT_ALWAYS_INLINE void accumulate_values_row(const float* p, index_t p_stride, index_t j,
-                                                 const T* value_a, const T* value_b,
+                                                 const T* value, index_t value_stride,
                                                  index_t vectors, float* o, index_t o_stride) {
   constexpr index_t width = xsimd::batch<float, A>::size;
+  // Chunks of 16 / KP vectors keep KP·chunk value vectors in registers.
+  constexpr int chunk = KP >= 4 ? 4 : 4;
   index_t c = 0;
-  for (; c + 4 <= vectors; c += 4)
-    accumulate_values<A, RB, 4, Pair>(p, p_stride, j, value_a + c * width, value_b + c * width,
-                                      o + c * width, o_stride);
+  for (; c + chunk <= vectors; c += chunk)
+    accumulate_values<A, RB, chunk, KP>(p, p_stride, j, value + c * width, value_stride,
+                                        o + c * width, o_stride);
   switch (vectors - c) {
     case 3:
-      return accumulate_values<A, RB, 3, Pair>(p, p_stride, j, value_a + c * width,
-                                               value_b + c * width, o + c * width, o_stride);
+      return accumulate_values<A, RB, 3, KP>(p, p_stride, j, value + c * width, value_stride,
+                                             o + c * width, o_stride);
     case 2:
-      return accumulate_values<A, RB, 2, Pair>(p, p_stride, j, value_a + c * width,
-                                               value_b + c * width, o + c * width, o_stride);
+      return accumulate_values<A, RB, 2, KP>(p, p_stride, j, value + c * width, value_stride,
+                                             o + c * width, o_stride);
     case 1:
-      return accumulate_values<A, RB, 1, Pair>(p, p_stride, j, value_a + c * width,
-                                               value_b + c * width, o + c * width, o_stride);
+      return accumulate_values<A, RB, 1, KP>(p, p_stride, j, value + c * width, value_stride,
+                                             o + c * width, o_stride);
     default:
       return;
   }
+}
+
+// Runs f(std::integral_constant<int, KP>{}, j) over [begin, end) in steps of 4 keys, then 1.
+template <class F>
+ATTNKIT_ALWAYS_INLINE void for_key_steps(index_t begin, index_t end, F&& f) {
+  index_t j = begin;
+  for (; j + 4 <= end; j += 4) f(std::integral_constant<int, 4>{}, j);
+  for (; j < end; ++j) f(std::integral_constant<int, 1>{}, j);
 }
 
 // Calls f(std::integral_constant<int, RB>{}, first_row) for row blocks of at most row_block rows.
@@ -122,10 +120,14 @@ ATTNKIT_ALWAYS_INLINE void for_row_blocks(index_t rows, F&& f) {
   index_t r = 0;
   for (; r + row_block <= rows; r += row_block) f(std::integral_constant<int, row_block>{}, r);
   switch (rows - r) {
-    case 3: return f(std::integral_constant<int, 3>{}, r);
-    case 2: return f(std::integral_constant<int, 2>{}, r);
-    case 1: return f(std::integral_constant<int, 1>{}, r);
-    default: return;
+    case 3:
+      return f(std::integral_constant<int, 3>{}, r);
+    case 2:
+      return f(std::integral_constant<int, 2>{}, r);
+    case 1:
+      return f(std::integral_constant<int, 1>{}, r);
+    default:
+      return;
   }
 }
 
@@ -162,9 +164,9 @@ void row_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const flo
   const bool direct = d % width == 0 && ctx.k.stride(2) == 1 && ctx.v.stride(2) == 1;
   constexpr float minus_infinity = -std::numeric_limits<float>::infinity();
 
-  float* s_rows = scratch;                           // [rows][block]  logits, probabilities
+  float* s_rows = scratch;  // [rows][block]  logits, probabilities
   auto* partial = reinterpret_cast<batch*>(s_rows + rows * block);  // [rows][width] batches
-  float* ks = s_rows + rows * block + rows * width * width;  // slow path: [heads][block][dp]
+  float* ks = s_rows + rows * block + rows * width * width;         // slow path: [heads][block][dp]
   float* vs = ks + job.kv_heads * block * dp;
 
   std::fill(o_rows, o_rows + rows * dp, 0.0f);
@@ -181,8 +183,8 @@ void row_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const flo
   for (index_t j0 = job.kv_begin; j0 < job.kv_end; j0 += block) {
     const index_t keys = std::min(block, job.kv_end - j0);
     const index_t padded_keys = round_up(keys, width);
-    const tile_kind kind = classify_group(*ctx.mask, q_range, {j0, j0 + keys},
-                                          job.kv_head * group, job.kv_heads * group);
+    const tile_kind kind = classify_group(*ctx.mask, q_range, {j0, j0 + keys}, job.kv_head * group,
+                                          job.kv_heads * group);
     if (kind == tile_kind::empty) continue;
 
     // Where this block's keys and values are read from: the caller's memory, or (slow path)
@@ -202,7 +204,8 @@ void row_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const flo
     // contiguous run each in NHD memory (head stride = head_dim), which is what is prefetched.
     prefetch_stream next_k, next_v;
     const index_t next = j0 + keys;
-    if (direct && next < job.kv_end && (job.kv_heads == 1 || (ctx.k.stride(1) == d && ctx.v.stride(1) == d))) {
+    if (direct && next < job.kv_end &&
+        (job.kv_heads == 1 || (ctx.k.stride(1) == d && ctx.v.stride(1) == d))) {
       const index_t next_keys = std::min(block, job.kv_end - next);
       const index_t run_bytes = job.kv_heads * d * static_cast<index_t>(sizeof(TKV));
       next_k = prefetch_stream(ctx.k.row(next, job.kv_head), run_bytes,
@@ -210,33 +213,28 @@ void row_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const flo
       next_v = prefetch_stream(ctx.v.row(next, job.kv_head), run_bytes,
                                ctx.v.stride(0) * static_cast<index_t>(sizeof(TKV)), next_keys);
     }
-    // Spread over the (key pair, head) steps of both passes below.
-    const index_t steps = 2 * ((keys + 1) / 2) * job.kv_heads;
+    // Spread over the (key, head) steps of both passes below.
+    const index_t steps = 2 * keys * job.kv_heads;
     const index_t lines_per_step = (next_k.lines() + next_v.lines() + steps - 1) / steps;
 
-    // Logits, token-major: for each key (pair), every head's rows. In NHD memory a token's heads
+    // Logits, token-major: for each step of keys, every head's rows. In NHD memory a token's heads
     // are contiguous, so K is read as one sequential stream the hardware prefetchers follow.
     auto logits = [&](const auto* k_base, index_t k_token_stride, index_t k_head_stride) {
       for (index_t jb = 0; jb < keys; jb += width) {
         const index_t count = std::min(width, keys - jb);
-        for (index_t jj = 0; jj < count; jj += 2) {
-          const bool pair = jj + 1 < count;
+        for_key_steps(0, count, [&](auto kp, index_t jj) {
+          constexpr int KP = decltype(kp)::value;
           for (index_t h = 0; h < job.kv_heads; ++h) {
-            next_k.issue(lines_per_step);
-            const auto* key_a = k_base + (jb + jj) * k_token_stride + h * k_head_stride;
+            next_k.issue(lines_per_step * KP);
+            const auto* key = k_base + (jb + jj) * k_token_stride + h * k_head_stride;
             const float* q = q_rows + h * rows_per_head * dp;
             batch* head_partial = partial + h * rows_per_head * width;
             for_row_blocks(rows_per_head, [&](auto rb, index_t r) {
-              constexpr int RB = decltype(rb)::value;
-              if (pair)
-                dot_rows<A, RB, true>(q + r * dp, dp, key_a, key_a + k_token_stride, vectors,
-                                      head_partial + r * width, jj);
-              else
-                dot_rows<A, RB, false>(q + r * dp, dp, key_a, key_a, vectors,
-                                       head_partial + r * width, jj);
+              dot_rows<A, decltype(rb)::value, KP>(q + r * dp, dp, key, k_token_stride, vectors,
+                                                   head_partial + r * width, jj);
             });
           }
-        }
+        });
         for (index_t r = 0; r < rows; ++r) {
           for (index_t jj = count; jj < width; ++jj) partial[r * width + jj] = batch(0.0f);
           reduce_rows<A>(partial + r * width).store_aligned(s_rows + r * block + jb);
@@ -253,8 +251,7 @@ void row_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const flo
       const position q_pos = p.query_position(job.row_token(r, group));
       const head_index head = job.row_head(r, group);
       if (transform) {
-        const batch slope(p.alibi_slopes != nullptr ? p.alibi_slopes[head * p.alibi_stride]
-                                                    : 0.0f);
+        const batch slope(p.alibi_slopes != nullptr ? p.alibi_slopes[head * p.alibi_stride] : 0.0f);
         for (index_t jb = 0; jb < padded_keys; jb += width) {
           const batch distance =
               xsimd::abs(batch(static_cast<float>(q_pos - j0 - jb)) - lane_index);
@@ -292,25 +289,21 @@ void row_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const flo
 
     // Output, token-major like the logits, so V is one sequential stream too.
     auto values = [&](const auto* v_base, index_t v_token_stride, index_t v_head_stride) {
-      for (index_t jj = 0; jj < keys; jj += 2) {
-        const bool pair = jj + 1 < keys;
+      for_key_steps(0, keys, [&](auto kp, index_t jj) {
+        constexpr int KP = decltype(kp)::value;
         for (index_t h = 0; h < job.kv_heads; ++h) {
-          next_v.issue(lines_per_step);
-          next_k.issue(lines_per_step);
-          const auto* value_a = v_base + jj * v_token_stride + h * v_head_stride;
+          next_v.issue(lines_per_step * KP);
+          next_k.issue(lines_per_step * KP);
+          const auto* value = v_base + jj * v_token_stride + h * v_head_stride;
           const index_t first = h * rows_per_head;
           for_row_blocks(rows_per_head, [&](auto rb, index_t r) {
             constexpr int RB = decltype(rb)::value;
-            const float* s = s_rows + (first + r) * block;
-            float* o = o_rows + (first + r) * dp;
-            if (pair)
-              accumulate_values_row<A, RB, true>(s, block, jj, value_a, value_a + v_token_stride,
-                                                 vectors, o, dp);
-            else
-              accumulate_values_row<A, RB, false>(s, block, jj, value_a, value_a, vectors, o, dp);
+            accumulate_values_row<A, RB, KP>(s_rows + (first + r) * block, block, jj, value,
+                                             v_token_stride, vectors, o_rows + (first + r) * dp,
+                                             dp);
           });
         }
-      }
+      });
     };
     if (direct)
       values(v_direct, ctx.v.stride(0), ctx.v.stride(1));

@@ -12,11 +12,10 @@
 #include <cmath>
 #include <limits>
 
-#include "attnkit/core/simd_include.hpp"
-
 #include "attnkit/backend/simd/convert.hpp"
 #include "attnkit/backend/simd/vector_math.hpp"
 #include "attnkit/core/options.hpp"
+#include "attnkit/core/simd_include.hpp"
 #include "attnkit/core/softmax_state.hpp"
 #include "attnkit/core/tensor_view.hpp"
 #include "attnkit/mask/tile.hpp"

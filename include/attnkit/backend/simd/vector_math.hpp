@@ -9,10 +9,8 @@
 // logit (-inf) contributes exactly nothing.
 #pragma once
 
-#include "attnkit/core/simd_include.hpp"
-
 #include "attnkit/core/config.hpp"
-
+#include "attnkit/core/simd_include.hpp"
 
 namespace attnkit {
 namespace detail {
@@ -55,8 +53,8 @@ ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> tanh(xsimd::batch<float, A> x) {
 // dot-product accumulators into one vector of `width` results. (xsimd 8.1's haddp returns the
 // AVX-512 lanes permuted, so it is not used.)
 template <class A>
-ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> reduce_rows(const xsimd::batch<float, A>* rows,
-                                                         xsimd::kernel::requires_arch<xsimd::generic>) {
+ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> reduce_rows(
+    const xsimd::batch<float, A>* rows, xsimd::kernel::requires_arch<xsimd::generic>) {
   alignas(64) float sums[xsimd::batch<float, A>::size];
   for (std::size_t i = 0; i < xsimd::batch<float, A>::size; ++i) sums[i] = xsimd::hadd(rows[i]);
   return xsimd::batch<float, A>::load_aligned(sums);
@@ -66,8 +64,8 @@ ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> reduce_rows(const xsimd::batch<floa
 // Four folding levels: unpack pairs within 128-bit lanes, shuffle quads within lanes, then fold
 // 128-bit lanes across registers twice; lane 4L + k of the result sums rows[4L + k].
 template <class A>
-ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> reduce_rows(const xsimd::batch<float, A>* rows,
-                                                         xsimd::kernel::requires_arch<xsimd::avx512f>) {
+ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> reduce_rows(
+    const xsimd::batch<float, A>* rows, xsimd::kernel::requires_arch<xsimd::avx512f>) {
   __m512 pairs[8];
   for (int i = 0; i < 8; ++i) {
     const __m512 a = rows[2 * i], b = rows[2 * i + 1];
