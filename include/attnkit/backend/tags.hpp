@@ -36,11 +36,6 @@ struct cuda {
   CUstream_st* stream = nullptr;
 };
 
-template <class T>
-inline constexpr bool is_simd_v = false;
-template <class Arch>
-inline constexpr bool is_simd_v<simd<Arch>> = true;
-
 }  // namespace backend
 
 // The default CPU backend: xsimd at the best architecture this translation unit was compiled for.

@@ -97,24 +97,6 @@ void stage_rows(const T* source, index_t row_stride, index_t col_stride, index_t
   }
 }
 
-// Asks for `rows` rows of `cols` elements to be brought into cache ahead of use. The kernels
-// read one KV head at a time, i.e. rows of head_dim elements spaced kv_heads · head_dim apart:
-// a stride the hardware prefetchers follow poorly across 4 KiB pages, which left decode
-// latency-bound. Prefetching the next key block while computing the current one hides that.
-template <class T>
-ATTNKIT_ALWAYS_INLINE void prefetch_rows(const T* source, index_t row_stride, index_t rows,
-                                         index_t cols) {
-#if defined(__GNUC__) || defined(__clang__)
-  const index_t bytes = cols * static_cast<index_t>(sizeof(T));
-  for (index_t r = 0; r < rows; ++r) {
-    const char* row = reinterpret_cast<const char*>(source + r * row_stride);
-    for (index_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(row + offset, 0, 3);
-  }
-#else
-  (void)source, (void)row_stride, (void)rows, (void)cols;
-#endif
-}
-
 // A range of rows to pull towards the core a few lines at a time, interleaved with compute: a
 // whole block of prefetches at once only stalls on the line-fill buffers, while a steady trickle
 // keeps memory busy during the arithmetic of the previous block. Lines go to L2 (prefetcht1):

@@ -85,8 +85,8 @@ ATTNKIT_ALWAYS_INLINE void accumulate_values_row(const float* p, index_t p_strid
                                                  const T* value, index_t value_stride,
                                                  index_t vectors, float* o, index_t o_stride) {
   constexpr index_t width = xsimd::batch<float, A>::size;
-  // Chunks of 16 / KP vectors keep KP·chunk value vectors in registers.
-  constexpr int chunk = KP >= 4 ? 4 : 4;
+  // Chunks of 4 vectors: KP·4 value vectors (16 at KP = 4) stay in registers.
+  constexpr int chunk = 4;
   index_t c = 0;
   for (; c + chunk <= vectors; c += chunk)
     accumulate_values<A, RB, chunk, KP>(p, p_stride, j, value + c * width, value_stride,
