@@ -39,6 +39,7 @@ void attention(const Backend& backend, tensor_view<TQ, 3> q, tensor_view<TK, 3> 
                 "(the tag is declared so engines can be written against it)");
   const detail::attention_params params =
       detail::check_attention_arguments("attnkit::attention", q, k, v, out, options);
+  detail::check_mask(mask, params.shape());
   if (params.q_tokens == 0) return;
   using Q = std::remove_cv_t<TQ>;
   using KV = std::remove_cv_t<TK>;

@@ -96,6 +96,8 @@ attention_params check_attention_arguments(const char* function, const tensor_vi
     check_view_data(function, "log_sum_exp", options.log_sum_exp);
     p.log_sum_exp = options.log_sum_exp;
   }
+  options.observer.check(function, p.shape());
+  p.observer = options.observer;
   return p;
 }
 

@@ -1,9 +1,11 @@
 // attnkit — attention_options: the knobs every softmax-attention entry point shares.
 #pragma once
 
+#include <algorithm>
 #include <optional>
 
 #include "attnkit/core/config.hpp"
+#include "attnkit/core/observer.hpp"
 #include "attnkit/core/tensor_view.hpp"
 
 namespace attnkit {
@@ -22,6 +24,10 @@ struct attention_options {
   // row's logits (-inf for a row with no visible key). With it, partial results over disjoint
   // key sets merge exactly (merge_states).
   tensor_view<float, 2> log_sum_exp{};
+  // Empty, or an observer that receives the normalised attention probabilities of the last
+  // observer.last_queries() query tokens (see core/observer.hpp; accumulate_key_mass is the
+  // ready one). Without one the kernels do no extra work.
+  attention_observer observer{};
 };
 
 namespace detail {
@@ -39,6 +45,15 @@ struct attention_params {
   const float* alibi_slopes = nullptr;  // [q_heads] contiguous copy or the caller's, or null
   index_t alibi_stride = 1;
   tensor_view<float, 2> log_sum_exp{};  // empty when not requested
+  attention_observer observer{};
+
+  // The observed rows are query tokens [observed_first_token, q_tokens).
+  constexpr index_t observed_first_token() const noexcept {
+    return observer ? std::max<index_t>(0, q_tokens - observer.last_queries()) : q_tokens;
+  }
+  constexpr attention_shape shape() const noexcept {
+    return {q_tokens, kv_tokens, q_heads, kv_heads};
+  }
 
   // Absolute position of query row i under bottom-right alignment (FlashAttention's
   // convention): the last query sits at the last key, so decode (one query) sees the cache.

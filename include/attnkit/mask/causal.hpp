@@ -19,6 +19,12 @@ struct causal {
   ATTNKIT_HOST_DEVICE constexpr bool allows(position q, position kv, head_index) const noexcept {
     return kv <= q;
   }
+  template <class F>
+  ATTNKIT_HOST_DEVICE constexpr void for_each_visible_run(position q, head_index, position_range kv,
+                                                          F&& visit) const {
+    const position end = kv.end < q + 1 ? kv.end : q + 1;
+    if (kv.begin < end) visit(kv.begin, end);
+  }
 };
 
 }  // namespace attnkit

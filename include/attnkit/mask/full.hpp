@@ -13,6 +13,11 @@ struct full {
   ATTNKIT_HOST_DEVICE constexpr bool allows(position, position, head_index) const noexcept {
     return true;
   }
+  template <class F>
+  ATTNKIT_HOST_DEVICE constexpr void for_each_visible_run(position, head_index, position_range kv,
+                                                          F&& visit) const {
+    if (kv.begin < kv.end) visit(kv.begin, kv.end);
+  }
 };
 
 }  // namespace attnkit

@@ -8,17 +8,27 @@
 // Positions are absolute token positions (bottom-right aligned: the last query row sits at the
 // last key), ranges are half-open. classify may answer `partial` conservatively; it must never
 // answer `empty` or `full` wrongly, since the kernels trust it.
+//
+// Three optional members make a mask faster or safer; the kernels detect them:
+//   void check(const attention_shape&) const    throws attnkit::error if the mask cannot serve
+//       a call of that shape (a table sized for other heads, a layout shorter than the keys).
+//       attention() calls it before any work, so a bad mask changes nothing.
+//   bool varies_by_head() const                 true when query heads may see different keys.
+//       Decode then runs one KV head per work item, so each head reads only its own keys
+//       instead of the union over heads (what makes per-head Quest selection pay off).
+//   void for_each_visible_run(position q, head_index h, position_range kv, F visit) const
+//       calls visit(begin, end) for each maximal run of keys in kv that query q of head h sees,
+//       in increasing order: a partial tile row is then masked in O(runs) instead of one
+//       allows() call per key.
 #pragma once
 
 #include <concepts>
 #include <cstdint>
 
 #include "attnkit/core/config.hpp"
+#include "attnkit/core/shape.hpp"
 
 namespace attnkit {
-
-using position = index_t;
-using head_index = index_t;
 
 struct position_range {
   position begin = 0;
@@ -33,4 +43,56 @@ concept attention_mask = requires(const M& mask, position_range range, position 
   { mask.allows(p, p, h) } -> std::convertible_to<bool>;
 };
 
+namespace detail {
+
+struct ignore_run {
+  constexpr void operator()(position, position) const noexcept {}
+};
+
+template <class M>
+concept has_mask_check = requires(const M& mask, const attention_shape& shape) {
+  mask.check(shape);
+};
+template <class M>
+concept has_varies_by_head = requires(const M& mask) {
+  { mask.varies_by_head() } -> std::convertible_to<bool>;
+};
+template <class M>
+concept has_visible_runs = requires(const M& mask, position p, head_index h, position_range kv,
+                                    ignore_run visit) {
+  mask.for_each_visible_run(p, h, kv, visit);
+};
+
+template <class M>
+void check_mask(const M& mask, const attention_shape& shape) {
+  if constexpr (has_mask_check<M>) mask.check(shape);
+}
+
+template <class M>
+ATTNKIT_HOST_DEVICE constexpr bool mask_varies_by_head(const M& mask) {
+  if constexpr (has_varies_by_head<M>)
+    return mask.varies_by_head();
+  else
+    return false;
+}
+
+// visit(begin, end) for each maximal run of visible keys in kv, from the mask's own enumeration
+// when it has one, else from allows() key by key.
+template <class M, class F>
+ATTNKIT_HOST_DEVICE constexpr void for_each_visible_run(const M& mask, position q, head_index h,
+                                                        position_range kv, F&& visit) {
+  if constexpr (has_visible_runs<M>) {
+    mask.for_each_visible_run(q, h, kv, visit);
+  } else {
+    position j = kv.begin;
+    while (j < kv.end) {
+      while (j < kv.end && !mask.allows(q, j, h)) ++j;
+      const position run_begin = j;
+      while (j < kv.end && mask.allows(q, j, h)) ++j;
+      if (run_begin < j) visit(run_begin, j);
+    }
+  }
+}
+
+}  // namespace detail
 }  // namespace attnkit

@@ -15,6 +15,7 @@
 
 #include "attnkit/backend/tags.hpp"
 #include "attnkit/core/float16.hpp"
+#include "attnkit/core/observer.hpp"
 #include "attnkit/core/options.hpp"
 #include "attnkit/core/tensor_view.hpp"
 #include "attnkit/mask/tile.hpp"
@@ -40,50 +41,64 @@ void attention_impl(backend::reference, tensor_view<const TQ, 3> q, tensor_view<
                     tensor_view<const TV, 3> v, tensor_view<TO, 3> out, const Mask& mask,
                     const attention_params& p, Executor& executor) {
   const index_t d = p.head_dim;
-  // One item per query head: each writes only its own output rows and LSE row.
-  executor(static_cast<std::size_t>(p.q_heads), [&](std::size_t item) {
-    const index_t h = static_cast<index_t>(item);
-    const index_t kv_h = h / p.group_size;
+  const index_t observed_first = p.observed_first_token();
+  // One item per KV head: each writes only its group's output and LSE rows, and delivers its
+  // observed rows in order on one thread (the observer contract).
+  executor(static_cast<std::size_t>(p.kv_heads), [&](std::size_t item) {
+    const index_t kv_h = static_cast<index_t>(item);
     std::vector<double> logits(static_cast<std::size_t>(p.kv_tokens));
     std::vector<double> acc(static_cast<std::size_t>(d));
-    for (index_t i = 0; i < p.q_tokens; ++i) {
-      const position q_pos = p.query_position(i);
-      double row_max = -std::numeric_limits<double>::infinity();
-      for (index_t j = 0; j < p.kv_tokens; ++j) {
-        double s = -std::numeric_limits<double>::infinity();
-        if (mask.allows(q_pos, j, h)) {
-          double dot = 0.0;
-          for (index_t c = 0; c < d; ++c)
-            dot += double(to_float(q(i, h, c))) * double(to_float(k(j, kv_h, c)));
-          s = double(p.scale) * dot;
-          if (p.softcap > 0.0f) s = double(p.softcap) * std::tanh(s / double(p.softcap));
-          if (p.alibi_slopes != nullptr) {
-            const double slope = p.alibi_slopes[h * p.alibi_stride];
-            s -= slope * std::fabs(double(q_pos - j));
-          }
-          if (s > row_max) row_max = s;
-        }
-        logits[static_cast<std::size_t>(j)] = s;
-      }
-      for (auto& a : acc) a = 0.0;
-      double sum = 0.0;
-      if (row_max != -std::numeric_limits<double>::infinity()) {
+    std::vector<float> probabilities(static_cast<std::size_t>(p.kv_tokens));
+    for (index_t h = kv_h * p.group_size; h < (kv_h + 1) * p.group_size; ++h) {
+      for (index_t i = 0; i < p.q_tokens; ++i) {
+        const position q_pos = p.query_position(i);
+        double row_max = -std::numeric_limits<double>::infinity();
         for (index_t j = 0; j < p.kv_tokens; ++j) {
-          const double s = logits[static_cast<std::size_t>(j)];
-          if (s == -std::numeric_limits<double>::infinity()) continue;
-          const double w = std::exp(s - row_max);
-          sum += w;
-          for (index_t c = 0; c < d; ++c)
-            acc[static_cast<std::size_t>(c)] += w * double(to_float(v(j, kv_h, c)));
+          double s = -std::numeric_limits<double>::infinity();
+          if (mask.allows(q_pos, j, h)) {
+            double dot = 0.0;
+            for (index_t c = 0; c < d; ++c)
+              dot += double(to_float(q(i, h, c))) * double(to_float(k(j, kv_h, c)));
+            s = double(p.scale) * dot;
+            if (p.softcap > 0.0f) s = double(p.softcap) * std::tanh(s / double(p.softcap));
+            if (p.alibi_slopes != nullptr) {
+              const double slope = p.alibi_slopes[h * p.alibi_stride];
+              s -= slope * std::fabs(double(q_pos - j));
+            }
+            if (s > row_max) row_max = s;
+          }
+          logits[static_cast<std::size_t>(j)] = s;
+        }
+        for (auto& a : acc) a = 0.0;
+        double sum = 0.0;
+        if (row_max != -std::numeric_limits<double>::infinity()) {
+          for (index_t j = 0; j < p.kv_tokens; ++j) {
+            const double s = logits[static_cast<std::size_t>(j)];
+            if (s == -std::numeric_limits<double>::infinity()) continue;
+            const double w = std::exp(s - row_max);
+            sum += w;
+            for (index_t c = 0; c < d; ++c)
+              acc[static_cast<std::size_t>(c)] += w * double(to_float(v(j, kv_h, c)));
+          }
+        }
+        // A row that sees no key is defined as zeros with log-sum-exp -inf (never 0/0 = NaN).
+        for (index_t c = 0; c < d; ++c)
+          out(i, h, c) =
+              round_from_double<TO>(sum > 0.0 ? acc[static_cast<std::size_t>(c)] / sum : 0.0);
+        if (!p.log_sum_exp.empty())
+          p.log_sum_exp(h, i) = sum > 0.0 ? static_cast<float>(row_max + std::log(sum))
+                                          : -std::numeric_limits<float>::infinity();
+        if (p.observer && i >= observed_first) {
+          for (index_t j = 0; j < p.kv_tokens; ++j) {
+            const double s = logits[static_cast<std::size_t>(j)];
+            probabilities[static_cast<std::size_t>(j)] =
+                sum > 0.0 && s != -std::numeric_limits<double>::infinity()
+                    ? static_cast<float>(std::exp(s - row_max) / sum)
+                    : 0.0f;
+          }
+          p.observer(observed_row{i, h, kv_h, probabilities});
         }
       }
-      // A row that sees no key is defined as zeros with log-sum-exp -inf (never 0/0 = NaN).
-      for (index_t c = 0; c < d; ++c)
-        out(i, h, c) =
-            round_from_double<TO>(sum > 0.0 ? acc[static_cast<std::size_t>(c)] / sum : 0.0);
-      if (!p.log_sum_exp.empty())
-        p.log_sum_exp(h, i) = sum > 0.0 ? static_cast<float>(row_max + std::log(sum))
-                                        : -std::numeric_limits<float>::infinity();
     }
   });
 }

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <span>
 #include <type_traits>
 
 #include "attnkit/backend/simd/column_tile.hpp"
@@ -21,27 +22,29 @@
 #include "attnkit/backend/simd/scratch.hpp"
 #include "attnkit/backend/tags.hpp"
 #include "attnkit/core/float16.hpp"
+#include "attnkit/core/observer.hpp"
 #include "attnkit/core/options.hpp"
 #include "attnkit/core/simd_include.hpp"
 #include "attnkit/core/tensor_view.hpp"
+#include "attnkit/mask/key_spans.hpp"
 #include "attnkit/parallel/executor.hpp"
 
 namespace attnkit {
 namespace detail {
 namespace simd {
 
-// A split must hold at least this many keys: below it, the merge and the per-item setup cost
-// more than the parallelism returns.
+// A split must hold at least this many visited keys: below it, the merge and the per-item setup
+// cost more than the parallelism returns.
 inline constexpr index_t min_split_keys = 512;
 
 struct work_plan {
   index_t tile_tokens = 1;
   index_t query_tiles = 1;
   index_t splits = 1;
-  index_t split_keys = 0;
   index_t padded_rows = 0;
   index_t padded_dim = 0;
   index_t kv_heads_per_job = 1;
+  index_t max_span_keys = key_block;  // the tile kernel's key block
   bool row_kernel = false;
 
   index_t base_items(const attention_params& p) const noexcept {
@@ -49,22 +52,24 @@ struct work_plan {
   }
 };
 
+// The tile shape and kernel for a call; the number of key splits is decided by the driver, once
+// it knows how many keys the mask leaves to visit.
 template <class A>
-work_plan plan_work(const attention_params& p, std::size_t threads) {
+work_plan plan_tiles(const attention_params& p, bool mask_varies_by_head) {
   constexpr index_t width = xsimd::batch<float, A>::size;
   work_plan plan;
   const index_t group = p.group_size;
   plan.padded_dim = round_up(p.head_dim, width);
   // Fewer rows per KV head than vector lanes (decode with a small GQA group): lay the head
-  // dimension across the lanes, one job for every head, parallel over key splits only.
+  // dimension across the lanes, parallel over key splits only. One job covers every KV head
+  // (their rows of a token are one contiguous run in NHD memory) unless heads see different
+  // keys: then each head must read only its own.
   plan.row_kernel = p.q_tokens * group < width;
-  const index_t wanted = 4 * static_cast<index_t>(threads);
-  index_t min_keys = min_split_keys;
   if (plan.row_kernel) {
-    plan.kv_heads_per_job = p.kv_heads;
+    plan.kv_heads_per_job = mask_varies_by_head ? 1 : p.kv_heads;
     plan.tile_tokens = p.q_tokens;
-    plan.padded_rows = round_up(p.q_heads * p.q_tokens, width);
-    min_keys = min_split_keys / 2;
+    plan.padded_rows = round_up(plan.kv_heads_per_job * group * p.q_tokens, width);
+    plan.max_span_keys = row_key_block(plan.kv_heads_per_job, plan.padded_dim);
   } else {
     // Aim for 4 vectors of rows per tile: the micro-kernel's full panel width.
     const index_t target_rows = 4 * width;
@@ -72,19 +77,27 @@ work_plan plan_work(const attention_params& p, std::size_t threads) {
     plan.padded_rows = round_up(plan.tile_tokens * group, width);
   }
   plan.query_tiles = (p.q_tokens + plan.tile_tokens - 1) / plan.tile_tokens;
-  const index_t base_items = plan.base_items(p);
-  if (base_items < wanted && p.kv_tokens >= 2 * min_keys)
-    plan.splits = std::min((wanted + base_items - 1) / base_items, p.kv_tokens / min_keys);
-  plan.split_keys = round_up((p.kv_tokens + plan.splits - 1) / plan.splits, key_block);
-  if (plan.split_keys == 0) plan.split_keys = key_block;
-  plan.splits = std::max<index_t>(1, (p.kv_tokens + plan.split_keys - 1) / plan.split_keys);
   return plan;
 }
 
+// How many ways to split each tile's visited keys: enough items for every thread (4 per thread,
+// for dynamic balance), never fewer than min_split_keys keys per split.
+inline index_t choose_splits(const work_plan& plan, index_t base_items, index_t max_visited,
+                             std::size_t threads) {
+  const index_t wanted = 4 * static_cast<index_t>(threads);
+  const index_t min_keys = plan.row_kernel ? min_split_keys / 2 : min_split_keys;
+  if (base_items >= wanted || max_visited < 2 * min_keys) return 1;
+  return std::min((wanted + base_items - 1) / base_items, max_visited / min_keys);
+}
+
 // Writes normalised rows of one tile to `out` (and the log-sum-exp, converted from base 2).
+// Rows of observed query tokens also leave their base-2 log-sum-exp in observed_lse2
+// [(token - first observed token) · q_heads + head], for the observer pass.
 template <class TO>
 void emit_rows(const attention_params& p, const tile_job& job, index_t padded_dim,
-               const float* o_rows, const float* lse2, tensor_view<TO, 3> out) {
+               const float* o_rows, const float* lse2, tensor_view<TO, 3> out,
+               float* observed_lse2) {
+  const index_t observed_first = p.observed_first_token();
   const index_t group = p.group_size;
   const index_t rows = job.rows(group);
   for (index_t r = 0; r < rows; ++r) {
@@ -95,6 +108,8 @@ void emit_rows(const attention_params& p, const tile_job& job, index_t padded_di
     const index_t stride = out.stride(2);
     for (index_t c = 0; c < p.head_dim; ++c) destination[c * stride] = from_float<TO>(source[c]);
     if (!p.log_sum_exp.empty()) p.log_sum_exp(head, token) = lse2[r] * ln2;
+    if (observed_lse2 != nullptr && token >= observed_first)
+      observed_lse2[(token - observed_first) * p.q_heads + head] = lse2[r];
   }
 }
 
@@ -114,8 +129,8 @@ inline void normalise_rows(index_t rows, index_t padded_dim, float* o_rows, cons
 // Runs one tile kernel with the head dimension as a compile-time constant where it is one of the
 // common ones (the kernels' loops over it then unroll), as a run-time value otherwise. Only the
 // kernels are instantiated per head dim; the driver around them is not.
-template <class A, class TKV, class Mask>
-void run_tile(bool row_kernel, const tile_context<TKV, Mask>& context, const tile_job& job,
+template <class A, class TKV>
+void run_tile(bool row_kernel, const tile_context<TKV>& context, const tile_job& job,
               const float* q_rows, float* o_rows, float* m, float* l, float* work) {
   auto run = [&]<index_t D>() {
     if (row_kernel)
@@ -139,49 +154,115 @@ void run_tile(bool row_kernel, const tile_context<TKV, Mask>& context, const til
   }
 }
 
+// The observer pass: turns each observed row's base-2 logits into probabilities
+// 2^(s - lse2) in place and delivers it, one KV head per work item (so the rows of one KV head
+// arrive in order on one thread, as core/observer.hpp promises).
+template <class A, class Executor>
+void deliver_observed_rows(const attention_params& p, float* observed_logits,
+                           const float* observed_lse2, Executor& executor) {
+  using batch = xsimd::batch<float, A>;
+  constexpr index_t width = batch::size;
+  const index_t first = p.observed_first_token();
+  const index_t n = p.kv_tokens;
+  executor(static_cast<std::size_t>(p.kv_heads), [&](std::size_t item) {
+    const index_t kv_head = static_cast<index_t>(item);
+    for (index_t t = first; t < p.q_tokens; ++t) {
+      for (index_t g = 0; g < p.group_size; ++g) {
+        const index_t head = kv_head * p.group_size + g;
+        const index_t slot = (t - first) * p.q_heads + head;
+        float* row = observed_logits + slot * n;
+        const float lse2 = observed_lse2[slot];
+        if (lse2 == -std::numeric_limits<float>::infinity()) {
+          std::fill(row, row + n, 0.0f);
+        } else {
+          index_t j = 0;
+          for (; j + width <= n; j += width)
+            exp2<A>(batch::load_unaligned(row + j) - batch(lse2)).store_unaligned(row + j);
+          for (; j < n; ++j) row[j] = std::exp2(row[j] - lse2);
+        }
+        p.observer(observed_row{t, head, kv_head, std::span<const float>(row, n)});
+      }
+    }
+  });
+}
+
 template <class A, class TQ, class TKV, class TO, class Mask, class Executor>
 void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
                    tensor_view<const TKV, 3> v, tensor_view<TO, 3> out, const Mask& mask,
                    const attention_params& p, Executor& executor) {
-  const work_plan plan = plan_work<A>(p, parallel::concurrency_of(executor));
+  const std::size_t threads = parallel::concurrency_of(executor);
+  work_plan plan = plan_tiles<A>(p, mask_varies_by_head(mask));
   const index_t rp = plan.padded_rows;
   const index_t dp = plan.padded_dim;
   const index_t group = p.group_size;
-  const tile_context<TKV, Mask> context{k, v, &mask, &p, dp, rp};
-  const float q_multiplier = query_multiplier(p);
-
-  const index_t kernel_scratch =
-      plan.row_kernel ? row_tile_scratch<A>(p.kv_heads, rp, dp) : column_tile_scratch(rp, dp);
-  const index_t item_floats = 2 * rp * dp + 3 * rp + kernel_scratch;
-
-  // Split-KV partial results, one slot per (tile, split): normalised rows and base-2 lse.
   const index_t base_items = plan.base_items(p);
-  const index_t slot_floats = rp * dp + rp;
-  float* partials =
-      plan.splits > 1
-          ? call_scratch().reserve(static_cast<std::size_t>(base_items * plan.splits * slot_floats))
-          : nullptr;
 
-  // Items go head by head, so a head's K/V stay in the caches while all its query tiles run,
-  // and within a head from the last query tile (under a causal mask the most expensive) to the
-  // first, so the cheap items come last and even out the threads at the end.
-  auto job_for = [&](index_t base, index_t split) {
+  // Base item b: its tile of query tokens and KV heads (spans not yet attached). Items go head
+  // by head, so a head's K/V stay in the caches while all its query tiles run, and within a
+  // head from the last query tile (under a causal mask the most expensive) to the first, so the
+  // cheap items come last and even out the threads at the end.
+  auto job_for = [&](index_t base) {
     const index_t tile = plan.query_tiles - 1 - base % plan.query_tiles;
     tile_job job;
     job.kv_head = (base / plan.query_tiles) * plan.kv_heads_per_job;
     job.kv_heads = plan.kv_heads_per_job;
     job.token_begin = tile * plan.tile_tokens;
     job.tokens = std::min(plan.tile_tokens, p.q_tokens - job.token_begin);
-    job.kv_begin = split * plan.split_keys;
-    job.kv_end = std::min(p.kv_tokens, job.kv_begin + plan.split_keys);
     return job;
   };
+  auto visited_keys = [&](const tile_job& job) {
+    return count_visited_keys(mask, query_range(p, job), job.kv_head * group, job.kv_heads * group,
+                              0, p.kv_tokens);
+  };
+
+  // Split-KV: only when there are too few tiles for the threads (decode, above all), and by
+  // visited keys, so a windowed or sparse decode splits its real work, not the empty range.
+  index_t max_visited = 0;
+  if (base_items < 4 * static_cast<index_t>(threads))
+    for (index_t base = 0; base < base_items; ++base)
+      max_visited = std::max(max_visited, visited_keys(job_for(base)));
+  plan.splits = choose_splits(plan, base_items, max_visited, threads);
+
+  // Call-lifetime buffers: split partial results, one slot per (tile, split) holding normalised
+  // rows and base-2 lse; and the observed rows' logits and lse.
+  const index_t slot_floats = rp * dp + rp;
+  const index_t partial_floats = plan.splits > 1 ? base_items * plan.splits * slot_floats : 0;
+  const index_t observed_first = p.observed_first_token();
+  const index_t observed_rows = (p.q_tokens - observed_first) * p.q_heads;
+  const index_t observed_floats = round_up(observed_rows * p.kv_tokens + observed_rows, 16);
+  float* call_buffer =
+      partial_floats + observed_floats > 0
+          ? call_scratch().reserve(static_cast<std::size_t>(partial_floats + observed_floats))
+          : nullptr;
+  float* partials = call_buffer;
+  float* observed_logits = observed_rows > 0 ? call_buffer + partial_floats : nullptr;
+  float* observed_lse2 =
+      observed_rows > 0 ? observed_logits + observed_rows * p.kv_tokens : nullptr;
+  // Keys no span visits keep logit -inf (probability 0).
+  if (observed_logits != nullptr)
+    std::fill(observed_logits, observed_logits + observed_rows * p.kv_tokens,
+              -std::numeric_limits<float>::infinity());
+
+  tile_context<TKV> context{k, v, &p, dp, rp};
+  context.mask = &mask;
+  context.mask_row = &mask_row<Mask>;
+  context.observed_logits = observed_logits;
+  context.observed_first_token = observed_first;
+  const float q_multiplier = query_multiplier(p);
+
+  const index_t kernel_scratch = plan.row_kernel
+                                     ? row_tile_scratch<A>(plan.kv_heads_per_job, rp, dp)
+                                     : column_tile_scratch(rp, dp);
+  const index_t span_capacity = max_key_spans(p.kv_tokens);
+  const index_t span_floats =
+      round_up(span_capacity * static_cast<index_t>(sizeof(key_span) / sizeof(float)), 16);
+  const index_t item_floats = round_up(2 * rp * dp + 3 * rp + kernel_scratch, 16) + span_floats;
 
   const auto items = static_cast<std::size_t>(base_items * plan.splits);
   executor(items, [&](std::size_t item) {
     const index_t base = static_cast<index_t>(item) / plan.splits;
     const index_t split = static_cast<index_t>(item) % plan.splits;
-    const tile_job job = job_for(base, split);
+    tile_job job = job_for(base);
     const index_t rows = job.rows(group);
 
     float* q_rows = item_scratch().reserve(static_cast<std::size_t>(item_floats));
@@ -190,6 +271,21 @@ void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
     float* l = m + rp;
     float* lse2 = l + rp;
     float* work = lse2 + rp;
+    auto* spans = reinterpret_cast<key_span*>(q_rows + (item_floats - span_floats));
+
+    // This split's share of the visited keys, cut at multiples of fine_keys.
+    index_t skip = 0, take = p.kv_tokens;
+    if (plan.splits > 1) {
+      const index_t total = visited_keys(job);
+      const index_t share = round_up((total + plan.splits - 1) / plan.splits, fine_keys);
+      skip = std::min(total, split * share);
+      take = std::min(total - skip, share);
+    }
+    job.spans = spans;
+    job.span_count = take > 0 ? collect_key_spans(mask, query_range(p, job), job.kv_head * group,
+                                                  job.kv_heads * group, 0, p.kv_tokens,
+                                                  plan.max_span_keys, skip, take, spans)
+                              : 0;
 
     for (index_t h = 0; h < job.kv_heads; ++h)
       for (index_t t = 0; t < job.tokens; ++t)
@@ -200,46 +296,50 @@ void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
     normalise_rows(rows, dp, o_rows, m, l, lse2);
 
     if (plan.splits == 1) {
-      emit_rows(p, job, dp, o_rows, lse2, out);
+      emit_rows(p, job, dp, o_rows, lse2, out, observed_lse2);
     } else {
       float* slot = partials + (base * plan.splits + split) * slot_floats;
       std::copy(o_rows, o_rows + rows * dp, slot);
       std::copy(lse2, lse2 + rows, slot + rp * dp);
     }
   });
-  if (plan.splits == 1) return;
 
   // Merge the splits of each tile: weights 2^(lse_s - max) normalised, exactly as merge_states.
-  executor(static_cast<std::size_t>(base_items), [&](std::size_t item) {
-    const index_t base = static_cast<index_t>(item);
-    const tile_job job = job_for(base, 0);
-    const index_t rows = job.rows(group);
-    float* merged = item_scratch().reserve(static_cast<std::size_t>(rp * dp + rp));
-    float* merged_lse2 = merged + rp * dp;
-    const float* first_slot = partials + base * plan.splits * slot_floats;
-    for (index_t r = 0; r < rows; ++r) {
-      float top = -std::numeric_limits<float>::infinity();
-      for (index_t s = 0; s < plan.splits; ++s)
-        top = std::max(top, first_slot[s * slot_floats + rp * dp + r]);
-      float* o = merged + r * dp;
-      std::fill(o, o + dp, 0.0f);
-      if (top == -std::numeric_limits<float>::infinity()) {
-        merged_lse2[r] = top;
-        continue;
+  if (plan.splits > 1) {
+    executor(static_cast<std::size_t>(base_items), [&](std::size_t item) {
+      const index_t base = static_cast<index_t>(item);
+      const tile_job job = job_for(base);
+      const index_t rows = job.rows(group);
+      float* merged = item_scratch().reserve(static_cast<std::size_t>(rp * dp + rp));
+      float* merged_lse2 = merged + rp * dp;
+      const float* first_slot = partials + base * plan.splits * slot_floats;
+      for (index_t r = 0; r < rows; ++r) {
+        float top = -std::numeric_limits<float>::infinity();
+        for (index_t s = 0; s < plan.splits; ++s)
+          top = std::max(top, first_slot[s * slot_floats + rp * dp + r]);
+        float* o = merged + r * dp;
+        std::fill(o, o + dp, 0.0f);
+        if (top == -std::numeric_limits<float>::infinity()) {
+          merged_lse2[r] = top;
+          continue;
+        }
+        float total = 0.0f;
+        for (index_t s = 0; s < plan.splits; ++s) {
+          const float* slot = first_slot + s * slot_floats;
+          const float weight = std::exp2(slot[rp * dp + r] - top);
+          if (weight == 0.0f) continue;
+          total += weight;
+          for (index_t c = 0; c < dp; ++c) o[c] += weight * slot[r * dp + c];
+        }
+        for (index_t c = 0; c < dp; ++c) o[c] /= total;
+        merged_lse2[r] = top + std::log2(total);
       }
-      float total = 0.0f;
-      for (index_t s = 0; s < plan.splits; ++s) {
-        const float* slot = first_slot + s * slot_floats;
-        const float weight = std::exp2(slot[rp * dp + r] - top);
-        if (weight == 0.0f) continue;
-        total += weight;
-        for (index_t c = 0; c < dp; ++c) o[c] += weight * slot[r * dp + c];
-      }
-      for (index_t c = 0; c < dp; ++c) o[c] /= total;
-      merged_lse2[r] = top + std::log2(total);
-    }
-    emit_rows(p, job, dp, merged, merged_lse2, out);
-  });
+      emit_rows(p, job, dp, merged, merged_lse2, out, observed_lse2);
+    });
+  }
+
+  if (observed_logits != nullptr)
+    deliver_observed_rows<A>(p, observed_logits, observed_lse2, executor);
 }
 
 }  // namespace simd

@@ -30,8 +30,8 @@ inline index_t column_tile_scratch(index_t padded_rows, index_t padded_dim) {
 // column_tile: rows across lanes.
 // q_rows: [padded_rows][padded_dim] staged queries, row r = token (r / G), head (r % G) of the
 // group. Outputs o_rows [padded_rows][padded_dim] (unnormalised), m and l [padded_rows] (base 2).
-template <class A, index_t D, class TKV, class Mask>
-void column_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const float* q_rows,
+template <class A, index_t D, class TKV>
+void column_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_rows,
                  float* o_rows, float* m, float* l, float* scratch) {
   using batch = xsimd::batch<float, A>;
   constexpr index_t width = batch::size;
@@ -69,15 +69,13 @@ void column_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const 
     running_sum[r] = 0.0f;
   }
 
-  const position_range q_range = query_range(p, job);
   const bool transform = p.has_logit_transform();
   const TKV* k_head = ctx.k.data() + job.kv_head * ctx.k.stride(1);
   const TKV* v_head = ctx.v.data() + job.kv_head * ctx.v.stride(1);
 
-  for (index_t j0 = job.kv_begin; j0 < job.kv_end; j0 += key_block) {
-    const index_t keys = std::min(key_block, job.kv_end - j0);
-    const tile_kind kind = classify_group(*ctx.mask, q_range, {j0, j0 + keys}, first_head, group);
-    if (kind == tile_kind::empty) continue;
+  for (index_t span = 0; span < job.span_count; ++span) {
+    const index_t j0 = job.spans[span].begin;
+    const index_t keys = job.spans[span].size();
 
     // The logit GEMM broadcasts K along its rows, so fp32 K with any strides is read in place;
     // 16-bit K is converted once per block into fp32 rows first. V is always staged: the output
@@ -110,14 +108,16 @@ void column_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const 
         }
       }
     }
-    if (kind == tile_kind::partial) {
-      for (index_t j = 0; j < keys; ++j) {
-        float* s = st + j * rp;
-        for (index_t t = 0; t < job.tokens; ++t) {
-          const position q_pos = p.query_position(job.token_begin + t);
-          for (index_t g = 0; g < group; ++g)
-            if (!ctx.mask->allows(q_pos, j0 + j, first_head + g)) s[t * group + g] = minus_infinity;
-        }
+    if (job.spans[span].kind == tile_kind::partial) {
+      for (index_t r = 0; r < rows; ++r)
+        ctx.mask_row(ctx.mask, p.query_position(job.token_begin + r / group),
+                     first_head + r % group, {j0, j0 + keys}, st + r, rp);
+    }
+    if (ctx.observed_logits != nullptr) {
+      for (index_t r = 0; r < rows; ++r) {
+        float* observed = ctx.observed_row(job.token_begin + r / group, first_head + r % group);
+        if (observed == nullptr) continue;
+        for (index_t j = 0; j < keys; ++j) observed[j0 + j] = st[j * rp + r];
       }
     }
 

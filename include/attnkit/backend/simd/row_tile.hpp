@@ -147,9 +147,9 @@ index_t row_tile_scratch(index_t kv_heads, index_t padded_rows, index_t padded_d
   return padded_rows * block + padded_rows * width * width + 2 * kv_heads * block * padded_dim;
 }
 
-template <class A, index_t D, class TKV, class Mask>
-void row_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const float* q_rows,
-              float* o_rows, float* m, float* l, float* scratch) {
+template <class A, index_t D, class TKV>
+void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_rows, float* o_rows,
+              float* m, float* l, float* scratch) {
   using batch = xsimd::batch<float, A>;
   constexpr index_t width = batch::size;
   const attention_params& p = *ctx.params;
@@ -177,15 +177,12 @@ void row_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const flo
   alignas(64) float lane_offset[width];
   for (index_t i = 0; i < width; ++i) lane_offset[i] = static_cast<float>(i);
   const batch lane_index = batch::load_aligned(lane_offset);
-  const position_range q_range = query_range(p, job);
   const bool transform = p.has_logit_transform();
 
-  for (index_t j0 = job.kv_begin; j0 < job.kv_end; j0 += block) {
-    const index_t keys = std::min(block, job.kv_end - j0);
+  for (index_t span = 0; span < job.span_count; ++span) {
+    const index_t j0 = job.spans[span].begin;
+    const index_t keys = job.spans[span].size();
     const index_t padded_keys = round_up(keys, width);
-    const tile_kind kind = classify_group(*ctx.mask, q_range, {j0, j0 + keys}, job.kv_head * group,
-                                          job.kv_heads * group);
-    if (kind == tile_kind::empty) continue;
 
     // Where this block's keys and values are read from: the caller's memory, or (slow path)
     // an fp32 copy staged head by head.
@@ -203,10 +200,10 @@ void row_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const flo
     // The next block streams in while this one computes: its tokens' rows of all heads are one
     // contiguous run each in NHD memory (head stride = head_dim), which is what is prefetched.
     prefetch_stream next_k, next_v;
-    const index_t next = j0 + keys;
-    if (direct && next < job.kv_end &&
+    if (direct && span + 1 < job.span_count &&
         (job.kv_heads == 1 || (ctx.k.stride(1) == d && ctx.v.stride(1) == d))) {
-      const index_t next_keys = std::min(block, job.kv_end - next);
+      const index_t next = job.spans[span + 1].begin;
+      const index_t next_keys = job.spans[span + 1].size();
       const index_t run_bytes = job.kv_heads * d * static_cast<index_t>(sizeof(TKV));
       next_k = prefetch_stream(ctx.k.row(next, job.kv_head), run_bytes,
                                ctx.k.stride(0) * static_cast<index_t>(sizeof(TKV)), next_keys);
@@ -259,9 +256,10 @@ void row_tile(const tile_context<TKV, Mask>& ctx, const tile_job& job, const flo
               .store_aligned(row + jb);
         }
       }
-      if (kind == tile_kind::partial)
-        for (index_t j = 0; j < keys; ++j)
-          if (!ctx.mask->allows(q_pos, j0 + j, head)) row[j] = minus_infinity;
+      if (job.spans[span].kind == tile_kind::partial)
+        ctx.mask_row(ctx.mask, q_pos, head, {j0, j0 + keys}, row, 1);
+      if (float* observed = ctx.observed_row(job.row_token(r, group), head))
+        std::copy(row, row + keys, observed + j0);
       for (index_t j = keys; j < padded_keys; ++j) row[j] = minus_infinity;
 
       batch block_max(minus_infinity);

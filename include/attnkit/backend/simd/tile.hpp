@@ -18,6 +18,7 @@
 #include "attnkit/core/simd_include.hpp"
 #include "attnkit/core/softmax_state.hpp"
 #include "attnkit/core/tensor_view.hpp"
+#include "attnkit/mask/key_spans.hpp"
 #include "attnkit/mask/tile.hpp"
 
 namespace attnkit {
@@ -31,16 +32,16 @@ constexpr index_t round_up(index_t value, index_t multiple) {
 }
 
 // One work item: a tile of query tokens for `kv_heads` consecutive KV heads (with all their
-// query heads), over a key range. Its rows are ordered (KV head, token, query head in group):
-// row r is token  token_begin + (r / group) % tokens  of query head  kv_head·group + r % group +
-// (r / (tokens·group))·group.
+// query heads), over a list of key spans. Its rows are ordered (KV head, token, query head in
+// group): row r is token  token_begin + (r / group) % tokens  of query head
+// kv_head·group + r % group + (r / (tokens·group))·group.
 struct tile_job {
   index_t kv_head = 0;
   index_t kv_heads = 1;
   index_t token_begin = 0;
   index_t tokens = 0;
-  index_t kv_begin = 0;
-  index_t kv_end = 0;
+  const key_span* spans = nullptr;  // the keys to visit, in order (see mask/key_spans.hpp)
+  index_t span_count = 0;
 
   index_t rows(index_t group) const noexcept { return kv_heads * tokens * group; }
   index_t row_token(index_t r, index_t group) const noexcept {
@@ -51,27 +52,43 @@ struct tile_job {
   }
 };
 
+// Sets the logits of keys that query q of head h does not see to -inf: logits[(j - kv.begin) ·
+// stride] for j in kv. The tile kernels call it on partial spans only, through a function
+// pointer, so that they are compiled once per (architecture, head dim, K/V type) whatever the
+// mask: the per-row masking is a small part of a partial span's cost and no part of a full one.
+template <class Mask>
+void mask_row(const void* mask, position q, head_index h, position_range kv, float* logits,
+              index_t stride) {
+  constexpr float minus_infinity = -std::numeric_limits<float>::infinity();
+  position next = kv.begin;
+  for_each_visible_run(*static_cast<const Mask*>(mask), q, h, kv, [&](position b, position e) {
+    for (; next < b; ++next) logits[(next - kv.begin) * stride] = minus_infinity;
+    next = e;
+  });
+  for (; next < kv.end; ++next) logits[(next - kv.begin) * stride] = minus_infinity;
+}
+
 // Everything a tile kernel reads that is the same for every work item of a call.
-template <class TKV, class Mask>
+template <class TKV>
 struct tile_context {
   tensor_view<const TKV, 3> k;
   tensor_view<const TKV, 3> v;
-  const Mask* mask;
   const attention_params* params;
   index_t padded_dim;   // head_dim rounded up to the vector width
   index_t padded_rows;  // rows of the largest tile rounded up to the vector width
-};
+  const void* mask = nullptr;
+  void (*mask_row)(const void*, position, head_index, position_range, float*, index_t) = nullptr;
+  // Observed rows (query tokens >= observed_first_token) keep their base-2 logits here, row
+  // ((token - observed_first_token) · q_heads + head) · kv_tokens; null without an observer.
+  float* observed_logits = nullptr;
+  index_t observed_first_token = 0;
 
-// The mask's verdict for a block over every query head of the group: empty only if empty for
-// all, full only if full for all.
-template <class Mask>
-tile_kind classify_group(const Mask& mask, position_range q, position_range kv, head_index first,
-                         index_t heads) {
-  const tile_kind kind = mask.classify(q, kv, first);
-  for (index_t g = 1; g < heads; ++g)
-    if (mask.classify(q, kv, first + g) != kind) return tile_kind::partial;
-  return kind;
-}
+  float* observed_row(index_t token, head_index head) const noexcept {
+    if (observed_logits == nullptr || token < observed_first_token) return nullptr;
+    return observed_logits +
+           ((token - observed_first_token) * params->q_heads + head) * params->kv_tokens;
+  }
+};
 
 inline position_range query_range(const attention_params& p, const tile_job& job) {
   return {p.query_position(job.token_begin), p.query_position(job.token_begin + job.tokens)};

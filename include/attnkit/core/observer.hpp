@@ -1,0 +1,103 @@
+// attnkit — observers: the attention probabilities a kernel computed, handed to the caller.
+//
+// Score-based KV-cache policies (H2O, TOVA, SnapKV) need the attention probabilities of recent
+// queries. Recomputing them would be a second attention pass over the whole cache; instead the
+// kernels keep the base-2 logits of the observed rows while they run and, once each row's
+// log-sum-exp is final (after the split-KV merge), hand the normalised probabilities to an
+// observer. Only the last `last_queries` query tokens are observed (decode: the one token;
+// prefill: SnapKV's observation window), so the extra memory is last_queries·q_heads·kv_tokens
+// floats, and a call without an observer does none of it.
+//
+// Contract of a call: every observed (query token, query head) row is delivered exactly once,
+// as probabilities over all kv_tokens keys (masked keys are 0; a row that sees nothing is all
+// zeros). Rows of one KV head are delivered one after another on one thread; rows of different
+// KV heads may be delivered concurrently — so an observer that only writes per-KV-head state
+// needs no lock.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <type_traits>
+
+#include "attnkit/core/config.hpp"
+#include "attnkit/core/error.hpp"
+#include "attnkit/core/shape.hpp"
+
+namespace attnkit {
+
+// One observed query row.
+struct observed_row {
+  index_t q_token = 0;  // row of q (0-based, not the absolute position)
+  index_t q_head = 0;
+  index_t kv_head = 0;
+  std::span<const float> probabilities;  // [kv_tokens], sums to 1 unless the row saw no key
+};
+
+namespace detail {
+template <class F>
+concept has_observed_queries = requires(const F& f) {
+  { f.observed_queries() } -> std::convertible_to<index_t>;
+};
+template <class F>
+concept has_observer_check = requires(const F& f, const attention_shape& shape) {
+  f.check(shape);
+};
+}  // namespace detail
+
+// A non-owning, type-erased reference to anything callable as f(const observed_row&). Put one in
+// attention_options::observer. The referenced object must outlive the attention call.
+//   - f.observed_queries(), if present, says how many of the last query tokens to observe
+//     (otherwise 1, or the explicit constructor argument);
+//   - f.check(const attention_shape&), if present, runs before the kernel and may throw
+//     attnkit::error (so a wrongly sized accumulator changes nothing).
+class attention_observer {
+ public:
+  attention_observer() = default;
+
+  template <class F>
+  requires(!std::is_same_v<std::remove_cvref_t<F>, attention_observer> &&
+           std::is_invocable_v<F&, const observed_row&>)
+      attention_observer(F& f)  // NOLINT: implicit, so `options.observer = key_mass;` reads well
+      : target_(const_cast<void*>(static_cast<const void*>(std::addressof(f)))),
+        deliver_(&deliver<F>),
+        check_(&check_shape<F>) {
+    if constexpr (detail::has_observed_queries<F>) last_queries_ = f.observed_queries();
+  }
+
+  template <class F>
+  requires std::is_invocable_v<F&, const observed_row&> attention_observer(F& f,
+                                                                           index_t last_queries)
+      : attention_observer(f) {
+    last_queries_ = last_queries;
+  }
+
+  constexpr explicit operator bool() const noexcept { return target_ != nullptr; }
+  constexpr index_t last_queries() const noexcept { return last_queries_; }
+
+  void operator()(const observed_row& row) const { deliver_(target_, row); }
+
+  // Throws attnkit::error if the observer cannot serve a call of this shape.
+  void check(const char* function, const attention_shape& shape) const {
+    if (target_ == nullptr) return;
+    detail::require(last_queries_ >= 1, function, ": observer.last_queries is ", last_queries_,
+                    ", it must be at least 1");
+    check_(target_, shape);
+  }
+
+ private:
+  template <class F>
+  static void deliver(void* target, const observed_row& row) {
+    (*static_cast<F*>(target))(row);
+  }
+  template <class F>
+  static void check_shape(void* target, const attention_shape& shape) {
+    if constexpr (detail::has_observer_check<F>) static_cast<F*>(target)->check(shape);
+  }
+
+  void* target_ = nullptr;
+  void (*deliver_)(void*, const observed_row&) = nullptr;
+  void (*check_)(void*, const attention_shape&) = nullptr;
+  index_t last_queries_ = 1;
+};
+
+}  // namespace attnkit
