@@ -25,6 +25,14 @@ struct causal {
     const position end = kv.end < q + 1 ? kv.end : q + 1;
     if (kv.begin < end) visit(kv.begin, end);
   }
+  ATTNKIT_HOST_DEVICE constexpr bool varies_by_head() const noexcept { return false; }
+  // Keys after the last query are invisible to the whole tile.
+  template <class F>
+  ATTNKIT_HOST_DEVICE constexpr void for_each_key_range(position_range q, head_index, index_t,
+                                                        position_range kv, F&& visit) const {
+    const position end = kv.end < q.end ? kv.end : q.end;
+    if (kv.begin < end) visit(kv.begin, end);
+  }
 };
 
 }  // namespace attnkit

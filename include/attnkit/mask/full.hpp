@@ -18,6 +18,7 @@ struct full {
                                                           F&& visit) const {
     if (kv.begin < kv.end) visit(kv.begin, kv.end);
   }
+  ATTNKIT_HOST_DEVICE constexpr bool varies_by_head() const noexcept { return false; }
 };
 
 }  // namespace attnkit

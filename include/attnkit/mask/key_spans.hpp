@@ -1,7 +1,9 @@
 // attnkit — the keys a tile of queries must visit: a mask turned into a list of key spans.
 //
 // This is what makes a kernel's cost follow what a mask keeps. The key range is classified in
-// blocks of `coarse_keys` (64, aligned to absolute positions); empty blocks vanish, full blocks
+// blocks of `coarse_keys` (64, aligned to absolute positions) — only inside the mask's key
+// ranges, when it declares them (a window: two ranges; a block layout: its listed blocks);
+// empty blocks vanish, full blocks
 // become spans the kernel runs without any predicate, and partial blocks are classified again in
 // chunks of `fine_keys` (16), so a page-granular selection (Quest, 16-token pages) reads only
 // its pages. Adjacent non-empty pieces are merged up to the kernel's block size; a merged span is
@@ -31,11 +33,13 @@ struct key_span {
 };
 
 // The mask's verdict for the query heads [first, first + heads): empty only if empty for all,
-// full only if full for all.
+// full only if full for all. A mask that states it treats every head alike is asked once; one
+// that says nothing is asked per head.
 template <class Mask>
 constexpr tile_kind classify_heads(const Mask& mask, position_range q, position_range kv,
                                    head_index first, index_t heads) {
   const tile_kind kind = mask.classify(q, kv, first);
+  if (!mask_varies_by_head(mask)) return kind;
   for (index_t h = 1; h < heads; ++h)
     if (mask.classify(q, kv, first + h) != kind) return tile_kind::partial;
   return kind;
@@ -59,21 +63,24 @@ constexpr void walk_key_spans(const Mask& mask, position_range q, head_index fir
     for (; end - begin > max_keys; begin += max_keys) emit(key_span{begin, begin + max_keys, kind});
     pending = key_span{begin, end, kind};
   };
-  for (position j0 = kv_begin; j0 < kv_end;) {
-    const position j1 = std::min(kv_end, (j0 / coarse_keys + 1) * coarse_keys);
-    const tile_kind kind = classify_heads(mask, q, {j0, j1}, first_head, heads);
-    if (kind == tile_kind::full) {
-      add(j0, j1, kind);
-    } else if (kind == tile_kind::partial) {
-      for (position f0 = j0; f0 < j1;) {
-        const position f1 = std::min(j1, (f0 / fine_keys + 1) * fine_keys);
-        const tile_kind fine = classify_heads(mask, q, {f0, f1}, first_head, heads);
-        if (fine != tile_kind::empty) add(f0, f1, fine);
-        f0 = f1;
+  auto walk_range = [&](position range_begin, position range_end) {
+    for (position j0 = range_begin; j0 < range_end;) {
+      const position j1 = std::min(range_end, (j0 / coarse_keys + 1) * coarse_keys);
+      const tile_kind kind = classify_heads(mask, q, {j0, j1}, first_head, heads);
+      if (kind == tile_kind::full) {
+        add(j0, j1, kind);
+      } else if (kind == tile_kind::partial) {
+        for (position f0 = j0; f0 < j1;) {
+          const position f1 = std::min(j1, (f0 / fine_keys + 1) * fine_keys);
+          const tile_kind fine = classify_heads(mask, q, {f0, f1}, first_head, heads);
+          if (fine != tile_kind::empty) add(f0, f1, fine);
+          f0 = f1;
+        }
       }
+      j0 = j1;
     }
-    j0 = j1;
-  }
+  };
+  for_each_key_range(mask, q, first_head, heads, position_range{kv_begin, kv_end}, walk_range);
   if (pending.size() > 0) emit(pending);
 }
 

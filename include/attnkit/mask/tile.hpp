@@ -13,9 +13,17 @@
 //   void check(const attention_shape&) const    throws attnkit::error if the mask cannot serve
 //       a call of that shape (a table sized for other heads, a layout shorter than the keys).
 //       attention() calls it before any work, so a bad mask changes nothing.
-//   bool varies_by_head() const                 true when query heads may see different keys.
-//       Decode then runs one KV head per work item, so each head reads only its own keys
-//       instead of the union over heads (what makes per-head Quest selection pay off).
+//   bool varies_by_head() const                 false when every query head sees the same keys.
+//       Then tiles are classified once for a whole GQA group; when true (or when the member is
+//       missing: the safe assumption), once per head, and decode runs one KV head per work item,
+//       so each head reads only its own keys instead of the union over heads (what makes
+//       per-head Quest selection pay off).
+//   void for_each_key_range(position_range q, head_index first, index_t heads,
+//                           position_range kv, F visit) const
+//       calls visit(begin, end) for increasing, disjoint ranges within kv outside which no query
+//       of q sees any key for the query heads [first, first + heads): the kernels then classify
+//       only inside them, so a window or a sparse layout over a long sequence costs nothing for
+//       the keys it drops, not even a classify per block.
 //   void for_each_visible_run(position q, head_index h, position_range kv, F visit) const
 //       calls visit(begin, end) for each maximal run of keys in kv that query q of head h sees,
 //       in increasing order: a partial tile row is then masked in O(runs) instead of one
@@ -69,11 +77,29 @@ void check_mask(const M& mask, const attention_shape& shape) {
 }
 
 template <class M>
+concept has_key_ranges = requires(const M& mask, position_range r, head_index h, ignore_run visit) {
+  mask.for_each_key_range(r, h, h, r, visit);
+};
+
+// Undeclared means "may vary": the safe answer.
+template <class M>
 ATTNKIT_HOST_DEVICE constexpr bool mask_varies_by_head(const M& mask) {
   if constexpr (has_varies_by_head<M>)
     return mask.varies_by_head();
   else
-    return false;
+    return true;
+}
+
+// visit(begin, end) for the mask's key ranges (see above), or the whole of kv.
+template <class M, class F>
+ATTNKIT_HOST_DEVICE constexpr void for_each_key_range(const M& mask, position_range q,
+                                                      head_index first, index_t heads,
+                                                      position_range kv, F&& visit) {
+  if constexpr (has_key_ranges<M>) {
+    mask.for_each_key_range(q, first, heads, kv, visit);
+  } else if (kv.begin < kv.end) {
+    visit(kv.begin, kv.end);
+  }
 }
 
 // visit(begin, end) for each maximal run of visible keys in kv, from the mask's own enumeration

@@ -1,0 +1,278 @@
+// attnkit — Quest page selection for decode (Tang et al. 2024, "Quest: Query-Aware Sparsity for
+// Efficient Long-Context LLM Inference").
+//
+// The KV cache is cut into pages of page_size tokens. For every (KV head, page) page_bounds keeps
+// the element-wise minimum and maximum of the page's keys. For a query q, no key k of the page can
+// have a larger logit than
+//   U(page) = Σ_c max(q_c·min_c, q_c·max_c)    (term c bounds q_c·k_c since min_c <= k_c <= max_c)
+// so the pages with the largest U are the ones that may hold the largest attention weights.
+// quest_select keeps the top_pages of them per KV head (plus always the last page: the newest
+// tokens, the query's own among them) and writes a block_layout for attnkit::block_sparse; the
+// attention call then reads only those pages' K and V.
+//
+//   attnkit::page_bounds bounds(16, kv_heads, head_dim, max_tokens);
+//   attnkit::block_layout layout;
+//   // each decode step, after appending the new token's k (cache now holds n tokens):
+//   bounds.update(attnkit::cpu, k_cache_view_of_n_tokens, n - 1);   // touches the last page only
+//   attnkit::quest_select(attnkit::cpu, q, bounds, 256, layout);     // 256 pages = 4096 tokens
+//   attnkit::attention(attnkit::cpu, q, k, v, out, attnkit::block_sparse{layout});
+//
+// Scale and softcap are monotone in the logit and are left out of the bound; the bound holds for
+// ALiBi-free scores (a per-key ALiBi bias would have to be added per page). Keys are assumed
+// finite. Both functions validate everything before they write, so on attnkit::error the bounds
+// and the layout are exactly as they were.
+#pragma once
+
+// Before anything includes xsimd: it silences GCC 12's false warnings in <immintrin.h>.
+// clang-format off
+#include "attnkit/core/intrinsics.hpp"
+// clang-format on
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdlib>
+#include <memory>
+#include <new>
+#include <span>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "attnkit/backend/reference/page_selection.hpp"
+#include "attnkit/backend/simd/page_selection.hpp"
+#include "attnkit/backend/tags.hpp"
+#include "attnkit/core/error.hpp"
+#include "attnkit/core/float16.hpp"
+#include "attnkit/core/tensor_view.hpp"
+#include "attnkit/mask/block_sparse.hpp"
+#include "attnkit/parallel/executor.hpp"
+#include "attnkit/parallel/thread_pool.hpp"
+
+namespace attnkit {
+namespace detail {
+
+// The bounds as the backend kernels see them (the `Rows` of backend/*/page_selection.hpp): page p
+// of KV head h is one record of 2 * padded_dim floats, its min row then its max row.
+struct page_bounds_rows {
+  float* data = nullptr;
+  index_t page_size = 0;
+  index_t kv_heads = 0;
+  index_t head_dim = 0;
+  index_t padded_dim = 0;   // row length: head_dim rounded up to 16 floats (64 bytes), zero padded
+  index_t head_stride = 0;  // floats between KV heads
+  index_t pages = 0;        // pages holding tokens (after an update: the new count)
+
+  float* min_row(index_t kv_head, index_t page) const noexcept {
+    return data + kv_head * head_stride + page * 2 * padded_dim;
+  }
+  float* max_row(index_t kv_head, index_t page) const noexcept {
+    return min_row(kv_head, page) + padded_dim;
+  }
+};
+
+// The calling thread's buffers for the layout quest_select assigns (reused every step).
+struct quest_layout_scratch {
+  std::vector<index_t> row_offsets;
+  std::vector<index_t> columns;
+};
+
+inline quest_layout_scratch& quest_scratch() {
+  thread_local quest_layout_scratch scratch;
+  return scratch;
+}
+
+// Hands the kernels page_bounds' storage (page_bounds::rows is private).
+struct page_bounds_access;
+
+}  // namespace detail
+
+// Element-wise min and max of the keys of every (KV head, page), fp32, in storage allocated once
+// for capacity_tokens. Rows are padded with zeros to padded_head_dim() floats and 64-byte aligned.
+class page_bounds {
+ public:
+  page_bounds(index_t page_size, index_t kv_heads, index_t head_dim, index_t capacity_tokens)
+      : page_size_(page_size),
+        kv_heads_(kv_heads),
+        head_dim_(head_dim),
+        capacity_tokens_(capacity_tokens) {
+    detail::require(page_size >= 1, "attnkit::page_bounds: page_size is ", page_size,
+                    ", it must be >= 1");
+    detail::require(kv_heads >= 1, "attnkit::page_bounds: kv_heads is ", kv_heads,
+                    ", it must be >= 1");
+    detail::require(head_dim >= 1, "attnkit::page_bounds: head_dim is ", head_dim,
+                    ", it must be >= 1");
+    detail::require(capacity_tokens >= 0, "attnkit::page_bounds: capacity_tokens is ",
+                    capacity_tokens, ", it must be >= 0");
+    padded_dim_ = (head_dim + 15) / 16 * 16;
+    capacity_pages_ = (capacity_tokens + page_size - 1) / page_size;
+    const std::size_t floats =
+        static_cast<std::size_t>(kv_heads * capacity_pages_ * 2 * padded_dim_);
+    if (floats > 0) {
+      void* memory = std::aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
+      if (memory == nullptr) throw std::bad_alloc();
+      storage_.reset(static_cast<float*>(memory));
+      // Zeros in the padding lanes make them add nothing to the SIMD dot products.
+      std::fill(storage_.get(), storage_.get() + floats, 0.0f);
+    }
+  }
+
+  index_t page_size() const noexcept { return page_size_; }
+  index_t kv_heads() const noexcept { return kv_heads_; }
+  index_t head_dim() const noexcept { return head_dim_; }
+  index_t padded_head_dim() const noexcept { return padded_dim_; }
+  index_t capacity_tokens() const noexcept { return capacity_tokens_; }
+  index_t tokens() const noexcept { return tokens_; }
+  index_t pages() const noexcept { return pages_for(tokens_); }
+
+  // Rows of head_dim floats (padded_head_dim() allocated), for page < pages().
+  const float* min(index_t kv_head, index_t page) const noexcept {
+    return rows(pages()).min_row(kv_head, page);
+  }
+  const float* max(index_t kv_head, index_t page) const noexcept {
+    return rows(pages()).max_row(kv_head, page);
+  }
+
+  // Recomputes the bounds of every page touched by tokens [first_token, k.extent(0)) from
+  // k [tokens, kv_heads, head_dim] (the whole cache so far; a touched page is rebuilt from its
+  // first token), after which tokens() == k.extent(0). An engine appending one token per step
+  // calls update(backend, k, tokens_before): only the last page is touched. first_token = 0
+  // rebuilds everything; k shorter than tokens() truncates (a rollback).
+  template <class Backend, class TK, parallel::executor E>
+  void update(const Backend& backend, tensor_view<TK, 3> k, index_t first_token, E&& executor) {
+    using K = std::remove_cv_t<TK>;
+    static_assert(is_storage_type_v<K>,
+                  "attnkit::page_bounds::update: k must hold float, half "
+                  "or bfloat16");
+    static_assert(!std::is_same_v<Backend, backend::cuda>,
+                  "attnkit::page_bounds::update: no CUDA kernel yet");
+    constexpr const char* function = "attnkit::page_bounds::update";
+    const index_t tokens = k.extent(0);
+    detail::require(k.extent(2) == head_dim_, function, ": k head_dim (extent 2) is ", k.extent(2),
+                    " but the bounds have head_dim ", head_dim_);
+    detail::require(k.extent(1) == kv_heads_, function, ": k kv_heads (extent 1) is ", k.extent(1),
+                    " but the bounds have kv_heads ", kv_heads_);
+    detail::require(tokens <= capacity_tokens_, function, ": k has ", tokens,
+                    " tokens (extent 0), over the bounds' capacity of ", capacity_tokens_,
+                    " tokens");
+    detail::require(first_token >= 0 && first_token <= tokens_, function, ": first_token is ",
+                    first_token, " but the bounds hold ", tokens_,
+                    " tokens; it must be in [0, tokens()]");
+    detail::require(first_token <= tokens, function, ": first_token is ", first_token,
+                    " but k has only ", tokens, " tokens");
+    detail::require(k.data() != nullptr || k.empty(), function, ": k has null data but ", k.size(),
+                    " elements");
+    const index_t first_page = first_token / page_size_;
+    const index_t end_page = pages_for(tokens);
+    detail::page_bounds_update_impl(backend, tensor_view<const K, 3>(k), first_page, end_page,
+                                    rows(end_page), executor);
+    tokens_ = tokens;
+  }
+
+  template <class Backend, class TK>
+  void update(const Backend& backend, tensor_view<TK, 3> k, index_t first_token = 0) {
+    update(backend, k, first_token, parallel::default_thread_pool());
+  }
+
+ private:
+  friend struct detail::page_bounds_access;
+
+  // The kernels' view of the first `pages` pages.
+  detail::page_bounds_rows rows(index_t pages) const noexcept {
+    return {storage_.get(), page_size_,  kv_heads_,
+            head_dim_,      padded_dim_, capacity_pages_ * 2 * padded_dim_,
+            pages};
+  }
+
+  index_t pages_for(index_t tokens) const noexcept {
+    return (tokens + page_size_ - 1) / page_size_;
+  }
+
+  struct free_deleter {
+    void operator()(float* p) const noexcept { std::free(p); }
+  };
+
+  index_t page_size_ = 0;
+  index_t kv_heads_ = 0;
+  index_t head_dim_ = 0;
+  index_t capacity_tokens_ = 0;
+  index_t padded_dim_ = 0;
+  index_t capacity_pages_ = 0;
+  index_t tokens_ = 0;
+  std::unique_ptr<float, free_deleter> storage_;
+};
+
+namespace detail {
+struct page_bounds_access {
+  static page_bounds_rows rows(const page_bounds& bounds) noexcept {
+    return bounds.rows(bounds.pages());
+  }
+};
+}  // namespace detail
+
+// Selects, for every KV head, the pages whose Quest bound is largest for q
+// [q_tokens, q_heads, head_dim] (the newest q_tokens tokens of the cache) and writes them to
+// `layout`:
+//   score(page, kv head) = max over the head's query heads and the query tokens of
+//                          Σ_c max(q_c·min_c, q_c·max_c)
+//   keep the top_pages best (ties: the lower page), always including the last page, rows sorted;
+//   top_pages >= pages() keeps every page (block_sparse attention then equals full attention).
+// The layout: key_block = page_size, key_blocks = pages, one layout per KV head
+// (query_heads_per_layout = q_heads / kv_heads), one block row of max(1, q_tokens) queries
+// starting at position tokens - q_tokens. It serves attention over the same cache with causal
+// or full masking composed as the caller wishes. Runs on `executor`; the overload without one
+// uses parallel::default_thread_pool().
+template <class Backend, class TQ, parallel::executor E>
+void quest_select(const Backend& backend, tensor_view<TQ, 3> q, const page_bounds& bounds,
+                  index_t top_pages, block_layout& layout, E&& executor) {
+  using Q = std::remove_cv_t<TQ>;
+  static_assert(is_storage_type_v<Q>, "attnkit::quest_select: q must hold float, half or bfloat16");
+  static_assert(!std::is_same_v<Backend, backend::cuda>,
+                "attnkit::quest_select: no CUDA kernel yet");
+  constexpr const char* function = "attnkit::quest_select";
+  const index_t q_tokens = q.extent(0);
+  const index_t q_heads = q.extent(1);
+  const index_t kv_heads = bounds.kv_heads();
+  const index_t tokens = bounds.tokens();
+  detail::require(q.extent(2) == bounds.head_dim(), function, ": q head_dim (extent 2) is ",
+                  q.extent(2), " but the page bounds have head_dim ", bounds.head_dim());
+  detail::require(q_heads >= 1 && q_heads % kv_heads == 0, function, ": q_heads (q extent 1) is ",
+                  q_heads, ", it must be a positive multiple of the page bounds' kv_heads (",
+                  kv_heads, ")");
+  detail::require(top_pages >= 1, function, ": top_pages is ", top_pages, ", it must be >= 1");
+  detail::require(tokens >= 1, function,
+                  ": the page bounds hold 0 tokens; call page_bounds::update first");
+  detail::require(q_tokens <= tokens, function, ": q has ", q_tokens,
+                  " tokens (extent 0) but the page bounds hold only ", tokens,
+                  "; the queries are the newest tokens of the cache");
+  detail::require(q.data() != nullptr || q.empty(), function, ": q has null data but ", q.size(),
+                  " elements");
+
+  const index_t pages = bounds.pages();
+  const index_t kept = top_pages < pages ? top_pages : pages;
+  detail::quest_layout_scratch& scratch = detail::quest_scratch();
+  scratch.row_offsets.resize(static_cast<std::size_t>(kv_heads + 1));
+  scratch.columns.resize(static_cast<std::size_t>(kv_heads * kept));
+  for (index_t h = 0; h <= kv_heads; ++h)
+    scratch.row_offsets[static_cast<std::size_t>(h)] = h * kept;
+  detail::quest_select_impl(backend, tensor_view<const Q, 3>(q),
+                            detail::page_bounds_access::rows(bounds), kept, scratch.columns.data(),
+                            executor);
+
+  block_layout_shape shape;
+  shape.query_block = q_tokens > 1 ? q_tokens : 1;
+  shape.key_block = bounds.page_size();
+  shape.query_blocks = 1;
+  shape.key_blocks = pages;
+  shape.layouts = kv_heads;
+  shape.query_heads_per_layout = q_heads / kv_heads;
+  shape.first_position = tokens - q_tokens;
+  layout.assign(shape, scratch.row_offsets, scratch.columns);
+}
+
+template <class Backend, class TQ>
+void quest_select(const Backend& backend, tensor_view<TQ, 3> q, const page_bounds& bounds,
+                  index_t top_pages, block_layout& layout) {
+  quest_select(backend, q, bounds, top_pages, layout, parallel::default_thread_pool());
+}
+
+}  // namespace attnkit

@@ -1,0 +1,108 @@
+// attnkit — the reference Quest kernels: page bounds and page selection in plain loops, the
+// oracle the SIMD kernels are tested against.
+//
+// Bounds: the minimum and maximum of a page's keys are exact in any precision (they are one of
+// the inputs, widened to fp32 exactly), so the reference just loops. Selection: every page's
+// upper bound Σ_c max(q_c·min_c, q_c·max_c) in fp64 from the definition (no sign split, no
+// fused multiply-add), then a full stable sort by (bound descending, page ascending).
+//
+// Both functions take the bounds through a `Rows` view (page_bounds' detail::page_bounds_rows):
+//   float* min_row(kv_head, page) const, float* max_row(kv_head, page) const,
+//   members page_size, kv_heads, head_dim, padded_dim, pages.
+#pragma once
+
+// Before anything includes xsimd: it silences GCC 12's false warnings in <immintrin.h>.
+// clang-format off
+#include "attnkit/core/intrinsics.hpp"
+// clang-format on
+
+#include <algorithm>
+#include <cstddef>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "attnkit/backend/tags.hpp"
+#include "attnkit/core/float16.hpp"
+#include "attnkit/core/tensor_view.hpp"
+
+namespace attnkit {
+namespace detail {
+
+// Recomputes the bounds of pages [first_page, end_page) of every KV head from k; the last page
+// may be partial (it ends at k's last token).
+template <class TK, class Rows, class Executor>
+void page_bounds_update_impl(backend::reference, tensor_view<const TK, 3> k, index_t first_page,
+                             index_t end_page, const Rows& bounds, Executor&) {
+  const index_t tokens = k.extent(0);
+  for (index_t h = 0; h < bounds.kv_heads; ++h) {
+    for (index_t p = first_page; p < end_page; ++p) {
+      const index_t begin = p * bounds.page_size;
+      const index_t end = std::min(begin + bounds.page_size, tokens);
+      float* lo = bounds.min_row(h, p);
+      float* hi = bounds.max_row(h, p);
+      for (index_t c = 0; c < bounds.head_dim; ++c) {
+        float mn = to_float(k(begin, h, c));
+        float mx = mn;
+        for (index_t t = begin + 1; t < end; ++t) {
+          const float x = to_float(k(t, h, c));
+          mn = std::min(mn, x);
+          mx = std::max(mx, x);
+        }
+        lo[c] = mn;
+        hi[c] = mx;
+      }
+    }
+  }
+}
+
+// The Quest score of every page for one KV head, in fp64: the maximum over the head's query
+// heads and the query tokens of U(page) = Σ_c max(q_c·min_c, q_c·max_c). -inf with no queries.
+template <class TQ, class Rows>
+std::vector<double> reference_page_scores(tensor_view<const TQ, 3> q, const Rows& bounds,
+                                          index_t kv_head) {
+  const index_t group = q.extent(1) / bounds.kv_heads;
+  std::vector<double> scores(static_cast<std::size_t>(bounds.pages),
+                             -std::numeric_limits<double>::infinity());
+  for (index_t p = 0; p < bounds.pages; ++p) {
+    const float* lo = bounds.min_row(kv_head, p);
+    const float* hi = bounds.max_row(kv_head, p);
+    double& score = scores[static_cast<std::size_t>(p)];
+    for (index_t t = 0; t < q.extent(0); ++t) {
+      for (index_t g = 0; g < group; ++g) {
+        const index_t h = kv_head * group + g;
+        double u = 0.0;
+        for (index_t c = 0; c < bounds.head_dim; ++c) {
+          const double x = to_float(q(t, h, c));
+          u += std::max(x * double(lo[c]), x * double(hi[c]));
+        }
+        score = std::max(score, u);
+      }
+    }
+  }
+  return scores;
+}
+
+// Writes, for every KV head h, the `kept` selected pages in ascending order to
+// columns[h * kept, (h + 1) * kept): the last page, and the kept - 1 best of the others (ties:
+// the lower page).
+template <class TQ, class Rows, class Executor>
+void quest_select_impl(backend::reference, tensor_view<const TQ, 3> q, const Rows& bounds,
+                       index_t kept, index_t* columns, Executor&) {
+  const index_t pages = bounds.pages;
+  for (index_t h = 0; h < bounds.kv_heads; ++h) {
+    index_t* row = columns + h * kept;
+    const std::vector<double> scores = reference_page_scores(q, bounds, h);
+    std::vector<index_t> order(static_cast<std::size_t>(pages - 1));
+    std::iota(order.begin(), order.end(), index_t{0});
+    std::stable_sort(order.begin(), order.end(), [&](index_t a, index_t b) {
+      return scores[static_cast<std::size_t>(a)] > scores[static_cast<std::size_t>(b)];
+    });
+    std::copy(order.begin(), order.begin() + (kept - 1), row);
+    row[kept - 1] = pages - 1;
+    std::sort(row, row + kept);
+  }
+}
+
+}  // namespace detail
+}  // namespace attnkit

@@ -1,0 +1,281 @@
+// attnkit — the CPU (xsimd) Quest kernels: page bounds and page selection.
+//
+// Bounds. For each (KV head, touched page) the kernel walks the head dimension a vector at a
+// time and, for each vector of columns, takes the running min and max down the page's rows
+// (converting loads from fp16 / bf16 / fp32): each key element is read once, the page's rows
+// stay in L1 across the column vectors, and the result is exact (min and max do not round).
+//
+// Selection. Decode with Quest is a stream over the bounds (2 · head_dim floats per page and KV
+// head) with a few dot products per page, so it is bound by memory bandwidth; the kernel reads
+// every page's [min | max] rows once for all the query rows of its KV head. The bound
+//   U = Σ_c max(q_c·min_c, q_c·max_c) = q⁺·max + q⁻·min,  q⁺ = max(q, 0), q⁻ = min(q, 0),
+// holds because min_c <= max_c: for q_c >= 0 the larger product is q_c·max_c and q⁻_c = 0, and
+// symmetrically for q_c < 0. So the queries are split by sign once per call and each page costs
+// two fused multiply-adds per column and query row, with no compare. The two halves accumulate
+// separately, which halves the dependency chains.
+//
+// Top-K: each page's fp32 score and index are packed into one 64-bit key that orders by score,
+// then by lower index, so std::nth_element on plain integers selects the pages and ties resolve
+// as the reference does. The last page is always kept (it holds the newest tokens, the query's
+// own included) and competes for nothing; the kept rows are sorted ascending.
+//
+// Scratch: the sign-split queries live in the calling thread's call arena (scratch.hpp), the keys
+// in a thread-local vector of the calling thread; both grow on the first call of a size and are
+// reused after, so a decode step allocates nothing.
+#pragma once
+
+// Before anything includes xsimd: it silences GCC 12's false warnings in <immintrin.h>.
+// clang-format off
+#include "attnkit/core/intrinsics.hpp"
+// clang-format on
+
+#include <algorithm>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "attnkit/backend/simd/convert.hpp"
+#include "attnkit/backend/simd/scratch.hpp"
+#include "attnkit/backend/tags.hpp"
+#include "attnkit/core/float16.hpp"
+#include "attnkit/core/simd_include.hpp"
+#include "attnkit/core/tensor_view.hpp"
+#include "attnkit/parallel/executor.hpp"
+
+namespace attnkit {
+namespace detail {
+namespace simd {
+
+// Below this many key elements an update runs on the calling thread: appending one token touches
+// one page per head, far less work than waking a pool.
+inline constexpr index_t min_parallel_bounds_elements = index_t{1} << 18;
+
+// A selection work item scores at least this many pages (256 KiB of fp32 bounds at head_dim 128)
+// so that the dispatch cost stays small against the stream.
+inline constexpr index_t min_pages_per_item = 256;
+
+// Bounds of page p of KV head h from rows [begin, end) of k.
+template <class A, class TK, class Rows>
+void page_min_max(tensor_view<const TK, 3> k, index_t h, index_t p, index_t begin, index_t end,
+                  const Rows& bounds) {
+  using batch = float_batch<A>;
+  constexpr index_t width = batch::size;
+  const index_t dim = bounds.head_dim;
+  float* lo = bounds.min_row(h, p);
+  float* hi = bounds.max_row(h, p);
+  index_t c = 0;
+  if (k.stride(2) == 1) {
+    for (; c + width <= dim; c += width) {
+      batch mn = load_float<A>(k.row(begin, h) + c);
+      batch mx = mn;
+      for (index_t t = begin + 1; t < end; ++t) {
+        const batch x = load_float<A>(k.row(t, h) + c);
+        mn = xsimd::min(mn, x);
+        mx = xsimd::max(mx, x);
+      }
+      mn.store_aligned(lo + c);
+      mx.store_aligned(hi + c);
+    }
+  }
+  for (; c < dim; ++c) {
+    float mn = to_float(k(begin, h, c));
+    float mx = mn;
+    for (index_t t = begin + 1; t < end; ++t) {
+      const float x = to_float(k(t, h, c));
+      mn = std::min(mn, x);
+      mx = std::max(mx, x);
+    }
+    lo[c] = mn;
+    hi[c] = mx;
+  }
+}
+
+// Orders like the score (then the lower page first) as an unsigned integer: the float's bits
+// with the sign flipped for non-negative values and all bits flipped for negative ones, in the
+// high half; the complement of the page in the low half. Adding 0.0f maps -0 to +0 so that the
+// two zeros tie, as they compare equal in the reference.
+ATTNKIT_ALWAYS_INLINE std::uint64_t page_key(float score, index_t page) noexcept {
+  const std::uint32_t bits = std::bit_cast<std::uint32_t>(score + 0.0f);
+  const std::uint32_t ordered = (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
+  return (std::uint64_t{ordered} << 32) | (0xFFFFFFFFu - static_cast<std::uint32_t>(page));
+}
+
+ATTNKIT_ALWAYS_INLINE index_t page_of_key(std::uint64_t key) noexcept {
+  return static_cast<index_t>(0xFFFFFFFFu - static_cast<std::uint32_t>(key & 0xFFFFFFFFu));
+}
+
+// Writes to `sums` the bounds of one page for Rows query rows. `page` points at the page's
+// min row, its max row follows at page + padded_dim (page_bounds stores them adjacent); query row
+// r's q⁺ is at q + r * 2 * padded_dim and its q⁻ right after. Every row is padded with zeros to
+// padded_dim, a multiple of the vector width, and 64-byte aligned.
+template <class A, int Rows>
+ATTNKIT_ALWAYS_INLINE void page_bound_rows(const float* ATTNKIT_RESTRICT page,
+                                           const float* ATTNKIT_RESTRICT q, index_t padded_dim,
+                                           float* sums) {
+  using batch = float_batch<A>;
+  constexpr index_t width = batch::size;
+  batch positive[Rows];
+  batch negative[Rows];
+  for (int r = 0; r < Rows; ++r) {
+    positive[r] = batch(0.0f);
+    negative[r] = batch(0.0f);
+  }
+  for (index_t c = 0; c < padded_dim; c += width) {
+    const batch lo = batch::load_aligned(page + c);
+    const batch hi = batch::load_aligned(page + padded_dim + c);
+    for (int r = 0; r < Rows; ++r) {
+      const float* row = q + r * 2 * padded_dim;
+      positive[r] = xsimd::fma(batch::load_aligned(row + c), hi, positive[r]);
+      negative[r] = xsimd::fma(batch::load_aligned(row + padded_dim + c), lo, negative[r]);
+    }
+  }
+  for (int r = 0; r < Rows; ++r) sums[r] = xsimd::hadd(positive[r] + negative[r]);
+}
+
+// The score of one page: the maximum bound over `rows` query rows (-inf when there are none).
+template <class A>
+ATTNKIT_ALWAYS_INLINE float page_score(const float* page, const float* q, index_t rows,
+                                       index_t padded_dim) {
+  float score = -std::numeric_limits<float>::infinity();
+  float sums[4];
+  index_t r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    page_bound_rows<A, 4>(page, q + r * 2 * padded_dim, padded_dim, sums);
+    score = std::max({score, sums[0], sums[1], sums[2], sums[3]});
+  }
+  const float* tail = q + r * 2 * padded_dim;
+  switch (rows - r) {
+    case 3:
+      page_bound_rows<A, 3>(page, tail, padded_dim, sums);
+      score = std::max({score, sums[0], sums[1], sums[2]});
+      break;
+    case 2:
+      page_bound_rows<A, 2>(page, tail, padded_dim, sums);
+      score = std::max({score, sums[0], sums[1]});
+      break;
+    case 1:
+      page_bound_rows<A, 1>(page, tail, padded_dim, sums);
+      score = std::max(score, sums[0]);
+      break;
+    default:
+      break;
+  }
+  return score;
+}
+
+// The calling thread's keys buffer (see the header comment).
+inline std::vector<std::uint64_t>& page_key_scratch() {
+  thread_local std::vector<std::uint64_t> keys;
+  return keys;
+}
+
+}  // namespace simd
+
+template <class Arch, class TK, class Rows, class Executor>
+void page_bounds_update_impl(backend::simd<Arch>, tensor_view<const TK, 3> k, index_t first_page,
+                             index_t end_page, const Rows& bounds, Executor& executor) {
+  const index_t touched = end_page - first_page;
+  const index_t pairs = bounds.kv_heads * touched;
+  if (pairs <= 0) return;
+  const index_t tokens = k.extent(0);
+  const index_t elements = pairs * bounds.page_size * bounds.head_dim;
+  index_t items = 1;
+  if (elements >= simd::min_parallel_bounds_elements)
+    items = std::min<index_t>(pairs, 4 * static_cast<index_t>(parallel::concurrency_of(executor)));
+  const index_t per_item = (pairs + items - 1) / items;
+  items = (pairs + per_item - 1) / per_item;
+  auto run = [&](std::size_t item) {
+    const index_t first = static_cast<index_t>(item) * per_item;
+    const index_t last = std::min(first + per_item, pairs);
+    for (index_t i = first; i < last; ++i) {
+      const index_t h = i / touched;
+      const index_t p = first_page + i % touched;
+      const index_t begin = p * bounds.page_size;
+      simd::page_min_max<Arch>(k, h, p, begin, std::min(begin + bounds.page_size, tokens), bounds);
+    }
+  };
+  if (items == 1)
+    run(0);
+  else
+    executor(static_cast<std::size_t>(items), run);
+}
+
+template <class Arch, class TQ, class Rows, class Executor>
+void quest_select_impl(backend::simd<Arch>, tensor_view<const TQ, 3> q, const Rows& bounds,
+                       index_t kept, index_t* columns, Executor& executor) {
+  using A = Arch;
+  const index_t pages = bounds.pages;
+  const index_t kv_heads = bounds.kv_heads;
+  if (kept >= pages) {
+    // Every page: nothing to score.
+    for (index_t h = 0; h < kv_heads; ++h)
+      for (index_t p = 0; p < pages; ++p) columns[h * pages + p] = p;
+    return;
+  }
+
+  // Sign-split queries, [kv head][row = token * group + head in group][q⁺ | q⁻][padded_dim].
+  const index_t group = q.extent(1) / kv_heads;
+  const index_t rows = q.extent(0) * group;
+  const index_t dim = bounds.head_dim;
+  const index_t padded_dim = bounds.padded_dim;
+  const index_t head_floats = rows * 2 * padded_dim;
+  float* staged = simd::call_scratch().reserve(
+      static_cast<std::size_t>(std::max<index_t>(1, kv_heads * head_floats)));
+  for (index_t h = 0; h < kv_heads; ++h) {
+    for (index_t t = 0; t < q.extent(0); ++t) {
+      for (index_t g = 0; g < group; ++g) {
+        float* positive = staged + h * head_floats + (t * group + g) * 2 * padded_dim;
+        float* negative = positive + padded_dim;
+        for (index_t c = 0; c < dim; ++c) {
+          const float x = to_float(q(t, h * group + g, c));
+          positive[c] = std::max(x, 0.0f);
+          negative[c] = std::min(x, 0.0f);
+        }
+        std::fill(positive + dim, positive + padded_dim, 0.0f);
+        std::fill(negative + dim, negative + padded_dim, 0.0f);
+      }
+    }
+  }
+
+  std::vector<std::uint64_t>& key_buffer = simd::page_key_scratch();
+  if (key_buffer.size() < static_cast<std::size_t>(kv_heads * pages))
+    key_buffer.resize(static_cast<std::size_t>(kv_heads * pages));
+  std::uint64_t* keys = key_buffer.data();
+
+  // Score: KV heads × page chunks, enough items to balance without tiny chunks.
+  const index_t wanted = 4 * static_cast<index_t>(parallel::concurrency_of(executor));
+  const index_t max_chunks = std::max<index_t>(1, pages / simd::min_pages_per_item);
+  const index_t chunks = std::clamp<index_t>((wanted + kv_heads - 1) / kv_heads, 1, max_chunks);
+  const index_t chunk_pages = (pages + chunks - 1) / chunks;
+  executor(static_cast<std::size_t>(kv_heads * chunks), [&](std::size_t item) {
+    const index_t h = static_cast<index_t>(item) / chunks;
+    const index_t begin = (static_cast<index_t>(item) % chunks) * chunk_pages;
+    const index_t end = std::min(begin + chunk_pages, pages);
+    const float* head_q = staged + h * head_floats;
+    std::uint64_t* head_keys = keys + h * pages;
+    for (index_t p = begin; p < end; ++p)
+      head_keys[p] =
+          simd::page_key(simd::page_score<A>(bounds.min_row(h, p), head_q, rows, padded_dim), p);
+  });
+
+  // Select: per KV head, the kept - 1 largest keys among pages [0, pages - 1), then the last.
+  executor(static_cast<std::size_t>(kv_heads), [&](std::size_t item) {
+    const index_t h = static_cast<index_t>(item);
+    std::uint64_t* head_keys = keys + h * pages;
+    index_t* row = columns + h * kept;
+    const index_t best = kept - 1;
+    if (best > 0)
+      std::nth_element(head_keys, head_keys + (best - 1), head_keys + (pages - 1),
+                       std::greater<std::uint64_t>{});
+    for (index_t i = 0; i < best; ++i) row[i] = simd::page_of_key(head_keys[i]);
+    row[best] = pages - 1;
+    std::sort(row, row + kept);
+  });
+}
+
+}  // namespace detail
+}  // namespace attnkit
