@@ -7,9 +7,8 @@
 // kernel already computed (core/observer.hpp): no second attention pass.
 //
 //   std::vector<float> mass(kv_heads * kv_tokens, 0.0f);
-//   attnkit::accumulate_key_mass key_mass({mass.data(), {kv_heads, kv_tokens}}, /*last_queries=*/32);
-//   attnkit::attention_options options;
-//   options.observer = key_mass;
+//   attnkit::accumulate_key_mass key_mass({mass.data(), {kv_heads, kv_tokens}},
+//   /*last_queries=*/32); attnkit::attention_options options; options.observer = key_mass;
 //   attnkit::attention(attnkit::cpu, q, k, v, out, attnkit::causal{}, options);
 //
 // Decode (one query token): the mass is exact — each KV head's row sums to group_size (the

@@ -156,9 +156,11 @@ void run_tile(bool row_kernel, const tile_context<TKV>& context, const tile_job&
 
 // The observer pass: turns each observed row's base-2 logits into probabilities
 // 2^(s - lse2) in place and delivers it, one KV head per work item (so the rows of one KV head
-// arrive in order on one thread, as core/observer.hpp promises).
-template <class A, class Executor>
-void deliver_observed_rows(const attention_params& p, float* observed_logits,
+// arrive in order on one thread, as core/observer.hpp promises). The kernels wrote a logit for
+// every key of their spans; the row's exact visible runs are a subset of those, and every other
+// key gets probability 0 here, so the buffer never needs clearing beforehand.
+template <class A, class Mask, class Executor>
+void deliver_observed_rows(const attention_params& p, const Mask& mask, float* observed_logits,
                            const float* observed_lse2, Executor& executor) {
   using batch = xsimd::batch<float, A>;
   constexpr index_t width = batch::size;
@@ -172,14 +174,20 @@ void deliver_observed_rows(const attention_params& p, float* observed_logits,
         const index_t slot = (t - first) * p.q_heads + head;
         float* row = observed_logits + slot * n;
         const float lse2 = observed_lse2[slot];
-        if (lse2 == -std::numeric_limits<float>::infinity()) {
-          std::fill(row, row + n, 0.0f);
-        } else {
-          index_t j = 0;
-          for (; j + width <= n; j += width)
-            exp2<A>(batch::load_unaligned(row + j) - batch(lse2)).store_unaligned(row + j);
-          for (; j < n; ++j) row[j] = std::exp2(row[j] - lse2);
+        index_t next = 0;  // keys before `next` are done
+        if (lse2 != -std::numeric_limits<float>::infinity()) {
+          for_each_visible_run(
+              mask, p.query_position(t), head, position_range{0, n},
+              [&](position begin, position end) {
+                std::fill(row + next, row + begin, 0.0f);
+                index_t j = begin;
+                for (; j + width <= end; j += width)
+                  exp2<A>(batch::load_unaligned(row + j) - batch(lse2)).store_unaligned(row + j);
+                for (; j < end; ++j) row[j] = std::exp2(row[j] - lse2);
+                next = end;
+              });
         }
+        std::fill(row + next, row + n, 0.0f);
         p.observer(observed_row{t, head, kv_head, std::span<const float>(row, n)});
       }
     }
@@ -238,10 +246,6 @@ void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
   float* observed_logits = observed_rows > 0 ? call_buffer + partial_floats : nullptr;
   float* observed_lse2 =
       observed_rows > 0 ? observed_logits + observed_rows * p.kv_tokens : nullptr;
-  // Keys no span visits keep logit -inf (probability 0).
-  if (observed_logits != nullptr)
-    std::fill(observed_logits, observed_logits + observed_rows * p.kv_tokens,
-              -std::numeric_limits<float>::infinity());
 
   tile_context<TKV> context{k, v, &p, dp, rp};
   context.mask = &mask;
@@ -339,7 +343,7 @@ void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
   }
 
   if (observed_logits != nullptr)
-    deliver_observed_rows<A>(p, observed_logits, observed_lse2, executor);
+    deliver_observed_rows<A>(p, mask, observed_logits, observed_lse2, executor);
 }
 
 }  // namespace simd
