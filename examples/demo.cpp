@@ -277,8 +277,146 @@ bool section_dense(const machine& m) {
   return ok;
 }
 
+// ------------------------------------------------------------------------------------------------
+// Sparse masks: cost follows what the mask keeps.
+// ------------------------------------------------------------------------------------------------
+
+// One problem (fp32 q/out, fp16 K/V) that every sparse row reuses.
+struct sparse_problem {
+  index_t q_tokens, kv_tokens, q_heads, kv_heads, head_dim;
+  buffer<float> q, out;
+  buffer<attnkit::half> k, v;
+
+  sparse_problem(index_t nq, index_t nkv, index_t qh, index_t kvh, index_t d)
+      : q_tokens(nq),
+        kv_tokens(nkv),
+        q_heads(qh),
+        kv_heads(kvh),
+        head_dim(d),
+        q(std::size_t(nq * qh * d)),
+        out(std::size_t(nq * qh * d)),
+        k(std::size_t(nkv * kvh * d)),
+        v(std::size_t(nkv * kvh * d)) {
+    attnkit_bench::fill_uniform(q, 1);
+    attnkit_bench::fill_uniform(k, 2);
+    attnkit_bench::fill_uniform(v, 3);
+    attnkit_bench::fill_zero(out);
+  }
+  auto qv() const { return q.cview(q_tokens, q_heads, head_dim); }
+  auto kv() const { return k.cview(kv_tokens, kv_heads, head_dim); }
+  auto vv() const { return v.cview(kv_tokens, kv_heads, head_dim); }
+};
+
+// Times `prepare(); attention(cpu, ..., mask)` (prepare: a selection step such as MoBA gating or
+// Quest, included in the time), and checks the last `checked` query rows against the reference
+// run on just those rows (bottom-right alignment keeps their positions). Throughput counts the
+// (query, key) pairs the mask keeps (prefill) or the K/V bytes of the keys it keeps (decode).
+template <class Mask, class Prepare>
+result_row run_sparse(const machine& m, std::string name, const sparse_problem& p, const Mask& mask,
+                      Prepare&& prepare, double baseline_seconds, double* seconds_out = nullptr) {
+  const index_t d = p.head_dim;
+  const timing t = best_of_runs(m.threads, [&](int) {
+    prepare();
+    attnkit::attention(attnkit::cpu, p.qv(), p.kv(), p.vv(), p.out.view(p.q_tokens, p.q_heads, d),
+                       mask);
+  });
+  double kept_pairs = 0.0;
+  for (index_t h = 0; h < p.q_heads; ++h)
+    for (index_t i = 0; i < p.q_tokens; ++i)
+      attnkit::detail::for_each_visible_run(
+          mask, p.kv_tokens - p.q_tokens + i, h, {0, p.kv_tokens},
+          [&](index_t b, index_t e) { kept_pairs += double(e - b); });
+
+  const index_t checked = std::min<index_t>(p.q_tokens, 32);
+  const index_t first = p.q_tokens - checked;
+  std::vector<float> expected(std::size_t(checked * p.q_heads * d));
+  attnkit::attention(attnkit::backend::reference{},
+                     attnkit::tensor_view<const float, 3>(p.q.data() + first * p.q_heads * d,
+                                                          {checked, p.q_heads, d}),
+                     p.kv(), p.vv(),
+                     attnkit::tensor_view<float, 3>(expected.data(), {checked, p.q_heads, d}),
+                     mask);
+  double max_error = 0.0;
+  for (std::size_t i = 0; i < expected.size(); ++i)
+    max_error = std::max(
+        max_error,
+        double(std::fabs(p.out.data()[std::size_t(first * p.q_heads * d) + i] - expected[i])));
+
+  result_row r;
+  char shape[128];
+  const bool decode = p.q_tokens == 1;
+  std::snprintf(shape, sizeof shape, "%s=%ld heads=%ld/%ld d=%ld", decode ? "n_kv" : "n",
+                long(p.kv_tokens), long(p.q_heads), long(p.kv_heads), long(d));
+  char speedup[32] = "";
+  if (baseline_seconds > 0.0)
+    std::snprintf(speedup, sizeof speedup, " (%.1fx)", baseline_seconds / t.seconds);
+  r.name = name + speedup;
+  r.shape = shape;
+  r.seconds = t.seconds;
+  r.cpu_share = t.cpu_share;
+  if (decode) {
+    const double keys = kept_pairs / double(p.q_heads) * double(p.kv_heads);
+    r.rate = keys * double(d) * 2.0 * sizeof(attnkit::half) / r.seconds * 1e-9;
+    r.unit = "GB/s";
+    r.peak_fraction = r.rate / m.read_gbs;
+    r.peak_kind = "read";
+  } else {
+    r.rate = kept_pairs * 4.0 * double(d) / r.seconds * 1e-9;
+    r.unit = "GFLOP/s";
+    r.peak_fraction = r.rate / m.fma_gflops;
+    r.peak_kind = "FMA";
+  }
+  r.max_error = max_error;
+  r.tolerance = tolerance_for<float>();
+  if (seconds_out != nullptr) *seconds_out = t.seconds;
+  return r;
+}
+
+bool section_sparse(const machine& m) {
+  print_section(
+      "Sparse masks: sliding_window, block_sparse (patterns, MoBA, Quest), observers",
+      "fp32 q/out over fp16 K/V; (Nx) = speedup over the dense row above it. Throughput over\n"
+      "what the mask keeps: (q,k) pairs for prefill, K+V bytes for decode (warm caches here;\n"
+      "bench/bench_sparse measures cold ones). Selection time (MoBA gating, Quest) included.\n"
+      "error: max |out - backend::reference| over the last 32 query rows, all heads.");
+  bool ok = true;
+  auto nothing = [] {};
+  {
+    const sparse_problem p(4096, 4096, 32, 8, 128);
+    double dense = 0.0;
+    ok &= print_row(run_sparse(m, "prefill causal", p, attnkit::causal{}, nothing, 0.0, &dense));
+    ok &= print_row(
+        run_sparse(m, "sliding_window{512,0}", p, attnkit::sliding_window{512, 0}, nothing, dense));
+    ok &= print_row(run_sparse(m, "window{512,0,4 sinks}", p, attnkit::sliding_window{512, 0, 4},
+                               nothing, dense));
+    const attnkit::block_layout strided = attnkit::strided_layout(4096, 64, 4, 8);
+    ok &= print_row(run_sparse(m, "strided(64,4,8) & causal", p,
+                               attnkit::block_sparse(strided) & attnkit::causal{}, nothing, dense));
+    attnkit::block_layout moba;
+    const attnkit::moba_options gate{512, 2, true};
+    attnkit::moba_gate(attnkit::cpu, p.qv(), p.kv(), gate, moba);
+    ok &= print_row(run_sparse(
+        m, "MoBA(512, top 2) & causal", p, attnkit::block_sparse(moba) & attnkit::causal{},
+        [&] { attnkit::moba_gate(attnkit::cpu, p.qv(), p.kv(), gate, moba); }, dense));
+  }
+  {
+    const sparse_problem p(1, 65536, 32, 8, 128);
+    double dense = 0.0;
+    ok &= print_row(run_sparse(m, "decode full", p, attnkit::full{}, nothing, 0.0, &dense));
+    ok &= print_row(run_sparse(m, "window{1024,0,4 sinks}", p, attnkit::sliding_window{1024, 0, 4},
+                               nothing, dense));
+    attnkit::page_bounds bounds(16, p.kv_heads, p.head_dim, p.kv_tokens);
+    bounds.update(attnkit::cpu, p.kv());
+    attnkit::block_layout pages;
+    attnkit::quest_select(attnkit::cpu, p.qv(), bounds, 128, pages);
+    ok &= print_row(run_sparse(
+        m, "Quest 128 pages of 16", p, attnkit::block_sparse(pages),
+        [&] { attnkit::quest_select(attnkit::cpu, p.qv(), bounds, 128, pages); }, dense));
+  }
+  return ok;
+}
+
 // Later sections go here, one function each, printed with print_section/print_row:
-//   section_sliding_window(m)    local attention masks (prefill and decode)
 //   section_linear_attention(m)  linear / recurrent attention
 //   section_kv_eviction(m)       attention over a compressed or evicted KV cache
 
@@ -289,6 +427,7 @@ int main() {
   print_header(m);
   bool ok = true;
   ok &= section_dense(m);
+  ok &= section_sparse(m);
   if (any_contended)
     std::printf(
         "\n* the threads got less than %.0f%% of the cores during the best run (another "
