@@ -17,7 +17,9 @@
 //   quest/decode     n_kv = 131072, 32 / 8 heads, pages of 16 tokens: full decode, then per
 //                    call page_bounds::update for the newest token + quest_select of the top
 //                    256 pages (4096 tokens) + block-sparse decode. speedup = t_full / t_quest
-//                    (target >= 10, page scoring included).
+//                    (target >= 10, page scoring included). Bounds stored in fp32 or fp16
+//                    (rounded outward, so still bounds); K/V in NHD, or head-major as a paged
+//                    cache with per-head pages stores them (a page is then one contiguous run).
 //   observer/decode  n_kv = 32768, 32 / 8 heads: plain decode, then with accumulate_key_mass;
 //                    overhead = t_observed / t_plain - 1 (target < 10%).
 //   observer/prefill n = 4096, 32 / 8 heads, causal: plain, then with accumulate_key_mass over
@@ -216,15 +218,19 @@ void bm_block_sparse(benchmark::State& state) {
 // Decode cases (fp32 queries over an fp16 cache, memory-bound, cold caches).
 // ------------------------------------------------------------------------------------------------
 
+// head_major: K and V stored [kv_heads][n_kv][head_dim] (as a paged cache with pages per KV
+// head keeps them) and viewed through strides; otherwise NHD, [n_kv][kv_heads][head_dim].
 struct decode_inputs {
   index_t n_kv, q_heads, kv_heads;
+  bool head_major = false;
   buffer<float> q, out;
   buffer<attnkit::half> k, v;
 
-  decode_inputs(index_t n, index_t qh, index_t kvh)
+  decode_inputs(index_t n, index_t qh, index_t kvh, bool by_head = false)
       : n_kv(n),
         q_heads(qh),
         kv_heads(kvh),
+        head_major(by_head),
         q(std::size_t(qh * head_dim)),
         out(std::size_t(qh * head_dim)),
         k(std::size_t(n * kvh * head_dim)),
@@ -234,10 +240,13 @@ struct decode_inputs {
     attnkit_bench::fill_uniform(v, 3);
     attnkit_bench::fill_zero(out);
   }
+  attnkit::tensor_view<const attnkit::half, 3> view(const buffer<attnkit::half>& b) const {
+    if (head_major) return {b.data(), {n_kv, kv_heads, head_dim}, {head_dim, n_kv * head_dim, 1}};
+    return b.cview(n_kv, kv_heads, head_dim);
+  }
   template <class Mask>
   void attend(const Mask& mask, const attnkit::attention_options& options = {}) const {
-    attnkit::attention(attnkit::cpu, q.cview(1, q_heads, head_dim),
-                       k.cview(n_kv, kv_heads, head_dim), v.cview(n_kv, kv_heads, head_dim),
+    attnkit::attention(attnkit::cpu, q.cview(1, q_heads, head_dim), view(k), view(v),
                        out.view(1, q_heads, head_dim), mask, options);
   }
   // Bytes of K and V for `keys` keys of every KV head.
@@ -271,11 +280,16 @@ void bm_decode_window(benchmark::State& state) {
   if (full != seconds_per_call.end()) state.counters["speedup"] = full->second / seconds;
 }
 
-void bm_decode_quest(benchmark::State& state) {
-  const decode_inputs& in = long_cache();
+const decode_inputs& long_cache_head_major() {
+  static const decode_inputs inputs(long_n, 32, 8, true);
+  return inputs;
+}
+
+template <class Bounds>
+void bm_decode_quest(benchmark::State& state, const decode_inputs& in) {
   constexpr index_t page = 16, top_pages = 256;
-  attnkit::page_bounds bounds(page, in.kv_heads, head_dim, long_n);
-  const auto k = in.k.cview(long_n, in.kv_heads, head_dim);
+  attnkit::page_bounds<Bounds> bounds(page, in.kv_heads, head_dim, long_n);
+  const auto k = in.view(in.k);
   bounds.update(attnkit::cpu, k);
   attnkit::block_layout layout;
   const auto q = in.q.cview(1, in.q_heads, head_dim);
@@ -340,7 +354,15 @@ void register_all() {
   reg("block_sparse/prefill/n:16384/density:10%_of_causal", bm_block_sparse)->Iterations(1);
   reg("decode/n_kv:131072/full", bm_decode_full)->MinTime(0.5);
   reg("decode/n_kv:131072/window:1024+4_sinks", bm_decode_window)->MinTime(0.5);
-  reg("decode/n_kv:131072/quest:256_pages_of_16", bm_decode_quest)->MinTime(0.5);
+  reg("decode/n_kv:131072/quest:256_pages_of_16/bounds:fp32", [](benchmark::State& s) {
+    bm_decode_quest<float>(s, long_cache());
+  })->MinTime(0.5);
+  reg("decode/n_kv:131072/quest:256_pages_of_16/bounds:fp16", [](benchmark::State& s) {
+    bm_decode_quest<attnkit::half>(s, long_cache());
+  })->MinTime(0.5);
+  reg("decode/n_kv:131072/quest:256_pages_of_16/bounds:fp16/kv:head_major",
+      [](benchmark::State& s) { bm_decode_quest<attnkit::half>(s, long_cache_head_major()); })
+      ->MinTime(0.5);
   reg("observer/decode/n_kv:32768/off", [](benchmark::State& s) {
     bm_observer_decode(s, false);
   })->MinTime(0.5);

@@ -405,7 +405,7 @@ bool section_sparse(const machine& m) {
     ok &= print_row(run_sparse(m, "decode full", p, attnkit::full{}, nothing, 0.0, &dense));
     ok &= print_row(run_sparse(m, "window{1024,0,4 sinks}", p, attnkit::sliding_window{1024, 0, 4},
                                nothing, dense));
-    attnkit::page_bounds bounds(16, p.kv_heads, p.head_dim, p.kv_tokens);
+    attnkit::page_bounds<attnkit::half> bounds(16, p.kv_heads, p.head_dim, p.kv_tokens);
     bounds.update(attnkit::cpu, p.kv());
     attnkit::block_layout pages;
     attnkit::quest_select(attnkit::cpu, p.qv(), bounds, 128, pages);

@@ -1,10 +1,19 @@
-// Quest page selection (attention/quest.hpp): page bounds, the bound itself, and top-K selection.
+// Quest page selection (attention/quest.hpp): page bounds, the bound itself, and top-K selection,
+// for every storage type of the bounds (page_bounds<float>, <half>, <bfloat16>).
 //
-//   * page_bounds::update (both backends) equals a brute-force min/max bit for bit, for every
-//     dtype, odd page sizes, a partial last page and strided keys; appending token by token (or
-//     in chunks), and truncating, give exactly the bounds of a full rebuild.
+//   * Directed rounding (core/directed_rounding.hpp): round_down / round_up / next_up / next_down
+//     agree with a brute-force search of every finite and infinite half and bfloat16 value.
+//   * page_bounds<B>::update (both backends) equals brute force bit for bit: the fp32 min rounded
+//     toward -inf and the fp32 max toward +inf, for every key dtype x bounds dtype, odd page
+//     sizes, a partial last page, strided keys and keys spanning subnormals to overflow. The
+//     stored bounds are valid (min <= every key component of the page <= max, exactly) and tight
+//     (the next representable B inward violates). Appending token by token (or in chunks), and
+//     truncating, give exactly the bounds of a full rebuild.
 //   * The bound bounds: every key's logit q·k (fp64) is <= U(its page) computed from the stored
-//     bounds, and the SIMD kernel's fp32 U is within its rounding model of the fp64 U.
+//     bounds, with 16-bit bounds too, and the SIMD kernel's fp32 U is within its rounding model
+//     of the fp64 U.
+//   * Overflow: half bounds of keys past ±65504 are ±inf; a zero query component facing them
+//     contributes 0 (no NaN), a non-zero one makes U = +inf; both backends agree.
 //   * attnkit::cpu selects the same pages as backend::reference except where two pages' scores
 //     are within the fp32 rounding model below (a near-tie at the cut may swap).
 //   * Exact ties go to the lower page in both backends; the last page is always kept; GQA takes
@@ -15,12 +24,17 @@
 #include <algorithm>
 #include <attnkit/attention/quest.hpp>
 #include <attnkit/attnkit.hpp>
+#include <attnkit/core/directed_rounding.hpp>
+#include <bit>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <iterator>
 #include <limits>
 #include <string>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "support/tensor.hpp"
@@ -28,52 +42,79 @@
 using namespace attnkit_test;
 using attnkit::block_layout;
 using attnkit::page_bounds;
+using attnkit::detail::next_down;
+using attnkit::detail::next_up;
+using attnkit::detail::round_down;
+using attnkit::detail::round_up;
 
 namespace {
 
 const attnkit::backend::reference reference{};
+constexpr float inf = std::numeric_limits<float>::infinity();
 
-// The stored bounds of every (head, page), min rows then max rows, head_dim floats each, plus the
-// token count: for bit-exact comparisons and "nothing changed" checks.
-std::vector<float> snapshot(const page_bounds& b) {
-  std::vector<float> out;
-  out.push_back(static_cast<float>(b.tokens()));
+// CTAD with the defaulted storage type keeps `page_bounds b(...)` meaning fp32 bounds.
+static_assert(std::is_same_v<decltype(page_bounds(4, 1, 8, 8)), page_bounds<float>>);
+
+template <class B>
+std::uint32_t bits_of(B x) {
+  return attnkit::detail::storage_bits(x);
+}
+
+// The stored bounds of every (head, page), min rows then max rows, head_dim values each, as their
+// bits, plus the token count: for bit-exact comparisons and "nothing changed" checks.
+template <class B>
+std::vector<std::uint64_t> snapshot(const page_bounds<B>& b) {
+  std::vector<std::uint64_t> out;
+  out.push_back(static_cast<std::uint64_t>(b.tokens()));
   for (index_t h = 0; h < b.kv_heads(); ++h)
     for (index_t p = 0; p < b.pages(); ++p) {
-      out.insert(out.end(), b.min(h, p), b.min(h, p) + b.head_dim());
-      out.insert(out.end(), b.max(h, p), b.max(h, p) + b.head_dim());
+      for (index_t c = 0; c < b.head_dim(); ++c) out.push_back(bits_of(b.min(h, p)[c]));
+      for (index_t c = 0; c < b.head_dim(); ++c) out.push_back(bits_of(b.max(h, p)[c]));
     }
   return out;
 }
 
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
-// Brute force: min and max over the page's keys of every (head, page, column), compared exactly;
-// the padding lanes of every row must be zero (the SIMD bound relies on it).
-template <class T>
-void check_bounds_exact(const page_bounds& b, const tensor3<T>& k) {
+// Brute force: the fp32 min and max over the page's keys of every (head, page, column), rounded
+// outward, compared bit for bit; then, independently of the rounding functions' own code, that
+// the stored values are valid bounds of every key (exact comparisons in fp32, where every key
+// and bound is exact) and tight (one step of B inward and some key escapes). The padding lanes
+// of every row must be zero (the SIMD bound relies on it).
+template <class B, class T>
+void check_bounds_exact(const page_bounds<B>& b, const tensor3<T>& k) {
   const auto kv = k.cview();
   const index_t n = kv.extent(0);
   REQUIRE(b.tokens() == n);
   REQUIRE(b.pages() == (n + b.page_size() - 1) / b.page_size());
-  index_t wrong = 0;
+  index_t wrong = 0, invalid = 0, loose = 0, padding = 0;
   for (index_t h = 0; h < b.kv_heads(); ++h)
     for (index_t p = 0; p < b.pages(); ++p) {
+      const index_t first = p * b.page_size(), last = std::min(n, (p + 1) * b.page_size());
       for (index_t c = 0; c < b.head_dim(); ++c) {
-        float mn = std::numeric_limits<float>::infinity();
-        float mx = -mn;
-        for (index_t t = p * b.page_size(); t < std::min(n, (p + 1) * b.page_size()); ++t) {
+        float mn = inf;
+        float mx = -inf;
+        for (index_t t = first; t < last; ++t) {
           mn = std::min(mn, attnkit::to_float(kv(t, h, c)));
           mx = std::max(mx, attnkit::to_float(kv(t, h, c)));
         }
-        if (b.min(h, p)[c] != mn || b.max(h, p)[c] != mx) ++wrong;
+        const B lo = b.min(h, p)[c], hi = b.max(h, p)[c];
+        // (A zero bound is stored as +0, whatever zeros the keys held.)
+        if (bits_of(lo) != bits_of(round_down<B>(mn + 0.0f)) ||
+            bits_of(hi) != bits_of(round_up<B>(mx + 0.0f)))
+          ++wrong;
+        for (index_t t = first; t < last; ++t) {
+          const float x = attnkit::to_float(kv(t, h, c));
+          if (!(attnkit::to_float(lo) <= x && x <= attnkit::to_float(hi))) ++invalid;
+        }
+        if (!(attnkit::to_float(next_up(lo)) > mn) || !(attnkit::to_float(next_down(hi)) < mx))
+          ++loose;
       }
       for (index_t c = b.head_dim(); c < b.padded_head_dim(); ++c)
-        if (b.min(h, p)[c] != 0.0f || b.max(h, p)[c] != 0.0f) ++wrong;
+        if (bits_of(b.min(h, p)[c]) != 0 || bits_of(b.max(h, p)[c]) != 0) ++padding;
     }
   CHECK(wrong == 0);
+  CHECK(invalid == 0);
+  CHECK(loose == 0);
+  CHECK(padding == 0);
 }
 
 // Contiguous view of the first n tokens of k (same strides).
@@ -83,14 +124,17 @@ tensor_view<const T, 3> prefix(const tensor3<T>& k, index_t n) {
 }
 
 // fp64 U(page) for query row (t, h) from the stored bounds, and Σ|terms| (its rounding scale).
-template <class TQ>
-void bound64(const page_bounds& b, tensor_view<const TQ, 3> q, index_t t, index_t h, index_t kv_h,
-             index_t p, double& u, double& magnitude) {
+// A zero query component contributes 0 (the selection's convention for infinite bounds).
+template <class B, class TQ>
+void bound64(const page_bounds<B>& b, tensor_view<const TQ, 3> q, index_t t, index_t h,
+             index_t kv_h, index_t p, double& u, double& magnitude) {
   u = 0.0;
   magnitude = 0.0;
   for (index_t c = 0; c < b.head_dim(); ++c) {
     const double x = attnkit::to_float(q(t, h, c));
-    const double lo = x * b.min(kv_h, p)[c], hi = x * b.max(kv_h, p)[c];
+    if (x == 0.0) continue;
+    const double lo = x * double(attnkit::to_float(b.min(kv_h, p)[c]));
+    const double hi = x * double(attnkit::to_float(b.max(kv_h, p)[c]));
     u += std::max(lo, hi);
     magnitude += std::max(std::fabs(lo), std::fabs(hi));
   }
@@ -98,11 +142,12 @@ void bound64(const page_bounds& b, tensor_view<const TQ, 3> q, index_t t, index_
 
 // Scores as the selection defines them (max over the group's heads and the query tokens), in
 // fp64, and a bound on the SIMD kernel's fp32 error for each: the kernel sums 2·head_dim products
-// with fused multiply-adds in two chains plus a horizontal add, so by the standard summation
-// bound its error is at most about (2·head_dim)·2^-24·Σ|terms|; we allow 4·head_dim·2^-24·Σ|terms|
-// (2x margin). The max over rows does not round.
-template <class TQ>
-void scores64(const page_bounds& b, tensor_view<const TQ, 3> q, index_t kv_h,
+// (of exact fp32 values: 16-bit bounds widen exactly) with fused multiply-adds in two chains plus
+// a horizontal add, so by the standard summation bound its error is at most about
+// (2·head_dim)·2^-24·Σ|terms|; we allow 4·head_dim·2^-24·Σ|terms| (2x margin). The max over rows
+// does not round.
+template <class B, class TQ>
+void scores64(const page_bounds<B>& b, tensor_view<const TQ, 3> q, index_t kv_h,
               std::vector<double>& score, std::vector<double>& tolerance) {
   const index_t group = q.extent(1) / b.kv_heads();
   score.assign(static_cast<std::size_t>(b.pages()), -std::numeric_limits<double>::infinity());
@@ -118,85 +163,262 @@ void scores64(const page_bounds& b, tensor_view<const TQ, 3> q, index_t kv_h,
       }
 }
 
+// The SIMD kernel's fp32 score of page p for the single query row (t, h), from the sign-split
+// staging the selection uses (rows padded to padded_head_dim() floats, 64-byte aligned).
+template <class B>
+float simd_row_score(const page_bounds<B>& b, tensor_view<const float, 3> q, index_t t, index_t h,
+                     index_t kv_h, index_t p) {
+  const auto rows = attnkit::detail::page_bounds_access::rows(b);
+  REQUIRE(rows.padded_dim <= 128);
+  alignas(64) float staged[2 * 128] = {};
+  for (index_t c = 0; c < b.head_dim(); ++c) {
+    staged[c] = std::max(q(t, h, c), 0.0f);
+    staged[rows.padded_dim + c] = std::min(q(t, h, c), 0.0f);
+  }
+  return attnkit::detail::simd::page_score<xsimd::default_arch>(rows.min_row(kv_h, p), staged, 1,
+                                                                rows.padded_dim);
+}
+
 std::vector<index_t> row_of(const block_layout& layout, index_t h) {
   const auto r = layout.row(h, 0);
   return {r.begin(), r.end()};
 }
 
+// Every non-NaN value of a 16-bit type, widened, sorted ascending (-0 and +0 both present).
+template <class B>
+std::vector<float> all_values() {
+  std::vector<float> values;
+  for (std::uint32_t bits = 0; bits <= 0xFFFFu; ++bits) {
+    const float x = attnkit::to_float(B::from_bits(static_cast<std::uint16_t>(bits)));
+    if (!std::isnan(x)) values.push_back(x);
+  }
+  std::sort(values.begin(), values.end());
+  return values;
+}
+
 }  // namespace
 
-TEMPLATE_TEST_CASE("page_bounds: update equals brute-force min/max exactly", "[quest]", float, half,
-                   bfloat16) {
-  using T = TestType;
+TEMPLATE_TEST_CASE("directed rounding: round_down / round_up are the nearest T on the right side",
+                   "[quest][rounding]", half, bfloat16) {
+  using B = TestType;
+  const std::vector<float> values = all_values<B>();
+
+  // next_up / next_down step to the neighbouring value, across zero and to the infinities.
+  index_t wrong_steps = 0;
+  for (std::uint32_t bits = 0; bits <= 0xFFFFu; ++bits) {
+    const B x = B::from_bits(static_cast<std::uint16_t>(bits));
+    const float v = attnkit::to_float(x);
+    if (std::isnan(v)) continue;
+    const auto above = std::upper_bound(values.begin(), values.end(), v);
+    const auto below = std::lower_bound(values.begin(), values.end(), v);
+    const float up = above == values.end() ? inf : *above;
+    const float down = below == values.begin() ? -inf : *(below - 1);
+    if (attnkit::to_float(next_up(x)) != up || attnkit::to_float(next_down(x)) != down)
+      ++wrong_steps;
+  }
+  CHECK(wrong_steps == 0);
+
+  // Inputs: every B value, its fp32 neighbours (the cases RNE rounds the wrong way), midpoints
+  // between B values (RNE ties), fp32 edge cases and random fp32 bit patterns.
+  std::vector<float> inputs = {0.0f,
+                               -0.0f,
+                               1e-30f,
+                               -1e-30f,
+                               1e-40f,
+                               -1e-40f,
+                               65504.f,
+                               -65504.f,
+                               65505.f,
+                               -65505.f,
+                               65519.f,
+                               65520.f,
+                               -65520.f,
+                               1e5f,
+                               -1e5f,
+                               3.39e38f,
+                               -3.39e38f,
+                               std::numeric_limits<float>::max(),
+                               -std::numeric_limits<float>::max(),
+                               inf,
+                               -inf};
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    const float v = values[i];
+    inputs.push_back(v);
+    inputs.push_back(std::nextafter(v, inf));
+    inputs.push_back(std::nextafter(v, -inf));
+    if (i + 1 < values.size() && std::isfinite(values[i + 1]) && std::isfinite(v))
+      inputs.push_back(v + (values[i + 1] - v) / 2.0f);
+  }
+  rng r(17);
+  for (int i = 0; i < 20000; ++i) {
+    const float x = std::bit_cast<float>(static_cast<std::uint32_t>(r.next_u64()));
+    if (!std::isnan(x)) inputs.push_back(x);
+  }
+
+  index_t wrong = 0;
+  for (const float x : inputs) {
+    // Largest value <= x and smallest >= x, by search of the sorted table.
+    const float down = *(std::upper_bound(values.begin(), values.end(), x) - 1);
+    const float up = *std::lower_bound(values.begin(), values.end(), x);
+    const float d = attnkit::to_float(round_down<B>(x)), u = attnkit::to_float(round_up<B>(x));
+    if (d != down || u != up) {
+      ++wrong;
+      UNSCOPED_INFO("x " << x << ": down " << d << " (want " << down << "), up " << u << " (want "
+                         << up << ")");
+    }
+    // The sign of a zero survives (round_down(-tiny) is the negative subnormal, not -0).
+    if (x == 0.0f && (std::signbit(d) != std::signbit(x) || std::signbit(u) != std::signbit(x)))
+      ++wrong;
+  }
+  CHECK(wrong == 0);
+
+  // NaN stays NaN; fp32 rounding is the identity; the functions are constant-evaluable.
+  CHECK(std::isnan(attnkit::to_float(round_down<B>(std::numeric_limits<float>::quiet_NaN()))));
+  CHECK(std::isnan(attnkit::to_float(round_up<B>(-std::numeric_limits<float>::quiet_NaN()))));
+  CHECK(round_down<float>(0.1f) == 0.1f);
+  CHECK(round_up<float>(-0.1f) == -0.1f);
+  CHECK(next_up(1.0f) == std::nextafter(1.0f, 2.0f));
+  CHECK(next_down(-0.0f) == -std::numeric_limits<float>::denorm_min());
+  static_assert(attnkit::to_float(round_down<half>(0.1f)) < 0.1f);
+  static_assert(attnkit::to_float(round_up<half>(0.1f)) > 0.1f);
+  static_assert(attnkit::to_float(round_up<half>(65505.0f)) == inf);
+  static_assert(attnkit::to_float(round_down<half>(65505.0f)) == 65504.0f);
+}
+
+namespace {
+
+template <class K, class B>
+struct key_and_bounds {
+  using key = K;
+  using bounds = B;
+};
+
+using key_bounds_types = std::tuple<key_and_bounds<float, float>, key_and_bounds<float, half>,
+                                    key_and_bounds<float, bfloat16>, key_and_bounds<half, float>,
+                                    key_and_bounds<half, half>, key_and_bounds<half, bfloat16>,
+                                    key_and_bounds<bfloat16, float>, key_and_bounds<bfloat16, half>,
+                                    key_and_bounds<bfloat16, bfloat16>>;
+
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE("page_bounds: update equals brute-force min/max exactly, rounded outward",
+                        "[quest]", key_bounds_types) {
+  using T = typename TestType::key;
+  using B = typename TestType::bounds;
+  INFO("keys " << dtype_name<T> << ", bounds " << dtype_name<B>);
   struct config {
     index_t page, tokens, heads, dim;
     layout mem;
+    bool wide;  // keys N(0,1)·2^e, e uniform in [-30, 20]: subnormals to half overflow
   };
   const config configs[] = {
-      {16, 100, 2, 64, layout::contiguous},  // partial last page (100 = 6·16 + 4)
-      {1, 9, 3, 5, layout::contiguous},      // one token per page, dim below a vector
-      {3, 31, 2, 37, layout::padded},        // odd page size, dim tail after full vectors
-      {17, 17, 1, 128, layout::bhsd},        // exactly one full page
-      {5, 23, 2, 24, layout::dim_strided},   // head_dim stride 2: the scalar path
-      {7, 50, 2, 16, layout::broadcast_heads},
+      {16, 100, 2, 64, layout::contiguous, false},  // partial last page (100 = 6·16 + 4)
+      {1, 9, 3, 5, layout::contiguous, false},      // one token per page, dim below a vector
+      {3, 31, 2, 37, layout::padded, false},        // odd page size, dim tail after full vectors
+      {17, 17, 1, 128, layout::bhsd, false},        // exactly one full page
+      {5, 23, 2, 24, layout::dim_strided, false},   // head_dim stride 2: the scalar path
+      {7, 50, 2, 16, layout::broadcast_heads, false},
+      {4, 64, 2, 70, layout::contiguous, true},  // vector path + tail on extreme magnitudes
+      {1, 40, 1, 48, layout::contiguous, true},  // single-key pages: min = max = the key
   };
   for (const config& cf : configs) {
     DYNAMIC_SECTION("page " << cf.page << " tokens " << cf.tokens << " heads " << cf.heads
-                            << " dim " << cf.dim << " " << layout_name(cf.mem)) {
+                            << " dim " << cf.dim << " " << layout_name(cf.mem)
+                            << (cf.wide ? " wide range" : "")) {
       auto k = make_tensor3<T>(cf.tokens, cf.heads, cf.dim, cf.mem);
-      fill_normal(k, 11 + cf.page);
-      page_bounds fast(cf.page, cf.heads, cf.dim, cf.tokens + 9);
-      page_bounds oracle(cf.page, cf.heads, cf.dim, cf.tokens + 9);
+      if (cf.wide) {
+        rng r(13 + cf.page);
+        // Finite keys (fp16 keys stop at ±65504), and exact zeros of both signs now and then.
+        const double largest = std::is_same_v<T, half> ? 65504.0 : 1e30;
+        fill_with(k, [&](const auto&) {
+          const double x = r.normal() * std::ldexp(1.0, static_cast<int>(r.integer(-30, 20)));
+          if (r.integer(0, 15) == 0) return x < 0 ? -0.0 : 0.0;
+          return std::clamp(x, -largest, largest);
+        });
+      } else {
+        fill_normal(k, 11 + cf.page);
+      }
+      page_bounds<B> fast(cf.page, cf.heads, cf.dim, cf.tokens + 9);
+      page_bounds<B> oracle(cf.page, cf.heads, cf.dim, cf.tokens + 9);
       fast.update(attnkit::cpu, k.cview());
       oracle.update(reference, k.cview());
       check_bounds_exact(fast, k);
       check_bounds_exact(oracle, k);
 
       // One token per step, as a decode loop does: bit-identical to the full build.
-      page_bounds stepped(cf.page, cf.heads, cf.dim, cf.tokens);
+      page_bounds<B> stepped(cf.page, cf.heads, cf.dim, cf.tokens);
       for (index_t n = 1; n <= cf.tokens; ++n) stepped.update(attnkit::cpu, prefix(k, n), n - 1);
-      CHECK(same_bits(snapshot(stepped), snapshot(fast)));
+      CHECK(snapshot(stepped) == snapshot(fast));
 
       // Uneven chunks (a prefill, then several tokens at once) on a serial executor.
-      page_bounds chunked(cf.page, cf.heads, cf.dim, cf.tokens);
+      page_bounds<B> chunked(cf.page, cf.heads, cf.dim, cf.tokens);
       index_t done = 0;
       for (index_t step = 1; done < cf.tokens; step += 2) {
         const index_t next = std::min(cf.tokens, done + step);
         chunked.update(attnkit::cpu, prefix(k, next), done, attnkit::parallel::serial{});
         done = next;
       }
-      CHECK(same_bits(snapshot(chunked), snapshot(fast)));
+      CHECK(snapshot(chunked) == snapshot(fast));
 
       // Rollback: truncating to fewer tokens equals building the shorter cache from scratch.
       const index_t shorter = cf.tokens * 2 / 3;
-      page_bounds rolled(cf.page, cf.heads, cf.dim, cf.tokens);
+      page_bounds<B> rolled(cf.page, cf.heads, cf.dim, cf.tokens);
       rolled.update(attnkit::cpu, k.cview());
       rolled.update(attnkit::cpu, prefix(k, shorter), shorter);
-      page_bounds direct(cf.page, cf.heads, cf.dim, cf.tokens);
+      page_bounds<B> direct(cf.page, cf.heads, cf.dim, cf.tokens);
       direct.update(reference, prefix(k, shorter));
-      CHECK(same_bits(snapshot(rolled), snapshot(direct)));
+      CHECK(snapshot(rolled) == snapshot(direct));
     }
   }
 }
 
-TEST_CASE("page_bounds: a large build runs on the pool and equals the reference", "[quest]") {
-  // 4 heads × 4096 tokens × 64 = 1M elements: above the parallel threshold.
-  auto k = make_tensor3<half>(4096, 4, 64);
+TEMPLATE_TEST_CASE("page_bounds: rows are padded to 64 bytes of T and 64-byte aligned", "[quest]",
+                   float, half, bfloat16) {
+  using B = TestType;
+  constexpr index_t per_line = 64 / index_t{sizeof(B)};
+  for (const index_t dim : {index_t{1}, index_t{16}, index_t{40}, index_t{128}, index_t{129}}) {
+    page_bounds<B> b(16, 3, dim, 100);
+    auto k = make_tensor3<float>(100, 3, dim);
+    fill_normal(k, 3);
+    b.update(attnkit::cpu, k.cview());
+    CHECK(b.padded_head_dim() == (dim + per_line - 1) / per_line * per_line);
+    index_t misaligned = 0;
+    for (index_t h = 0; h < 3; ++h)
+      for (index_t p = 0; p < b.pages(); ++p)
+        if (reinterpret_cast<std::uintptr_t>(b.min(h, p)) % 64 != 0 ||
+            reinterpret_cast<std::uintptr_t>(b.max(h, p)) % 64 != 0)
+          ++misaligned;
+    CHECK(misaligned == 0);
+    CHECK(b.max(0, 0) == b.min(0, 0) + b.padded_head_dim());
+  }
+}
+
+TEMPLATE_TEST_CASE("page_bounds: a large build runs on the pool and equals the reference",
+                   "[quest]", float, half, bfloat16) {
+  using B = TestType;
+  // 4 heads × 4096 tokens × 64 = 1M elements: above the parallel threshold. fp32 keys, so that
+  // 16-bit bounds round.
+  auto k = make_tensor3<float>(4096, 4, 64);
   fill_normal(k, 5);
-  page_bounds fast(16, 4, 64, 4096), oracle(16, 4, 64, 4096);
+  page_bounds<B> fast(16, 4, 64, 4096), oracle(16, 4, 64, 4096);
   fast.update(attnkit::cpu, k.cview());
   oracle.update(reference, k.cview());
-  CHECK(same_bits(snapshot(fast), snapshot(oracle)));
+  CHECK(snapshot(fast) == snapshot(oracle));
   check_bounds_exact(fast, k);
 }
 
-TEST_CASE("quest bound: every key's logit is at most U(its page)", "[quest]") {
+namespace {
+
+// Every key's fp64 logit against U(its page) from the stored bounds, and the SIMD kernel's fp32
+// U of each single query row against the fp64 one.
+template <class B, class TK>
+void check_bound_property(std::uint64_t seed) {
   const index_t page = 16, n = 200, kv_heads = 2, group = 3, dim = 40, q_tokens = 2;
-  auto k = make_tensor3<half>(n, kv_heads, dim);
+  auto k = make_tensor3<TK>(n, kv_heads, dim);
   auto q = make_tensor3<float>(q_tokens, kv_heads * group, dim);
-  fill_normal(k, 21);
-  fill_normal(q, 22, 2.0);
-  page_bounds b(page, kv_heads, dim, n);
+  fill_normal(k, seed);
+  fill_normal(q, seed + 1, 2.0);
+  page_bounds<B> b(page, kv_heads, dim, n);
   b.update(attnkit::cpu, k.cview());
   const auto qv = q.cview();
   const auto kv = k.cview();
@@ -216,15 +438,7 @@ TEST_CASE("quest bound: every key's logit is at most U(its page)", "[quest]") {
                 double(attnkit::to_float(qv(t, h, c))) * double(attnkit::to_float(kv(j, kv_h, c)));
           if (logit > u + slack) ++violations;
         }
-        // The SIMD kernel's fp32 bound for this single row, within the model of scores64().
-        const auto rows = attnkit::detail::page_bounds_access::rows(b);
-        alignas(64) float staged[2 * 48] = {};
-        for (index_t c = 0; c < dim; ++c) {
-          staged[c] = std::max(qv(t, h, c), 0.0f);
-          staged[rows.padded_dim + c] = std::min(qv(t, h, c), 0.0f);
-        }
-        const float fast = attnkit::detail::simd::page_score<xsimd::default_arch>(
-            rows.min_row(kv_h, p), staged, 1, rows.padded_dim);
+        const float fast = simd_row_score(b, qv, t, h, kv_h, p);
         if (std::fabs(double(fast) - u) > 4.0 * dim * 0x1p-24 * magnitude) ++simd_off;
       }
   }
@@ -232,18 +446,141 @@ TEST_CASE("quest bound: every key's logit is at most U(its page)", "[quest]") {
   CHECK(simd_off == 0);
 }
 
+}  // namespace
+
+TEMPLATE_TEST_CASE("quest bound: every key's logit is at most U(its page)", "[quest]", float, half,
+                   bfloat16) {
+  using B = TestType;
+  SECTION("fp16 keys") { check_bound_property<B, half>(21); }
+  SECTION("fp32 keys (16-bit bounds round outward)") { check_bound_property<B, float>(23); }
+  SECTION("bf16 keys") { check_bound_property<B, bfloat16>(25); }
+}
+
+TEST_CASE("quest: half bounds overflow to ±inf and the score stays a number", "[quest]") {
+  // One KV head, d 4, pages of 2 tokens, 6 pages. Column 0 of page 1 holds 70000 (max -> +inf),
+  // column 1 of page 3 holds -70000 (min -> -inf); page 4 has both; every other key is in
+  // [-1, 1]. A query that is zero in columns 0 and 1 must see finite scores (0·inf = 0): the
+  // pages rank by columns 2 and 3 only. A query with q_0 > 0 makes pages 1 and 4 +inf; one with
+  // q_1 < 0 makes pages 3 and 4 +inf; ties among +inf pages go to the lower page.
+  const index_t page = 2, pages = 6, dim = 4, n = page * pages;
+  auto k = make_tensor3<float>(n, 1, dim);
+  fill_with(k, [&](const auto& at) {
+    const index_t t = at[0], p = t / page, c = at[2];
+    if ((p == 1 || p == 4) && c == 0 && t % page == 0) return 70000.0;
+    if ((p == 3 || p == 4) && c == 1 && t % page == 1) return -70000.0;
+    return 0.1 * double((t * 7 + c * 3) % 11) - 0.5;
+  });
+  page_bounds<half> b(page, 1, dim, n);
+  b.update(attnkit::cpu, k.cview());
+  page_bounds<half> oracle(page, 1, dim, n);
+  oracle.update(reference, k.cview());
+  CHECK(snapshot(b) == snapshot(oracle));
+  check_bounds_exact(b, k);
+  CHECK(attnkit::to_float(b.max(0, 1)[0]) == inf);
+  CHECK(attnkit::to_float(b.min(0, 3)[1]) == -inf);
+  CHECK(attnkit::to_float(b.max(0, 4)[0]) == inf);
+  CHECK(attnkit::to_float(b.min(0, 4)[1]) == -inf);
+  // Directed rounding never produces the wrong infinity: min stays finite on the + side.
+  CHECK(attnkit::to_float(b.min(0, 1)[0]) < 1.0f);
+  CHECK(attnkit::to_float(b.max(0, 3)[1]) > -1.0f);
+
+  // An fp32 copy of the same keys: the finite columns' scores must match the half bounds'.
+  page_bounds<float> exact(page, 1, dim, n);
+  exact.update(attnkit::cpu, k.cview());
+
+  auto query = [](double q0, double q1, double q2, double q3) {
+    auto q = make_tensor3<float>(1, 1, 4);
+    const double values[4] = {q0, q1, q2, q3};
+    fill_with(q, [&](const auto& at) { return values[at[2]]; });
+    return q;
+  };
+  SECTION("zero query components facing infinite bounds contribute 0") {
+    for (const double zero : {0.0, -0.0}) {
+      const auto q = query(zero, zero, 1.0, -0.5);
+      const auto qv = q.cview();
+      std::vector<double> score, tolerance, score32, tolerance32;
+      scores64(b, qv, 0, score, tolerance);
+      scores64(exact, qv, 0, score32, tolerance32);
+      for (index_t p = 0; p < pages; ++p) {
+        INFO("page " << p);
+        const float fast = simd_row_score(b, qv, 0, 0, 0, p);
+        CHECK(std::isfinite(fast));
+        CHECK(std::isfinite(score[static_cast<std::size_t>(p)]));
+        // Columns 2 and 3 hold keys in [-0.5, 0.5] on a 0.1 grid, whose half bounds are within
+        // 2^-11 relative of the fp32 ones: the scores agree to 1e-3.
+        CHECK(std::fabs(double(fast) - score32[static_cast<std::size_t>(p)]) <= 1e-3);
+      }
+      block_layout fast_layout, oracle_layout;
+      attnkit::quest_select(attnkit::cpu, qv, b, 3, fast_layout);
+      attnkit::quest_select(reference, qv, b, 3, oracle_layout);
+      CHECK(row_of(fast_layout, 0) == row_of(oracle_layout, 0));
+    }
+  }
+  SECTION("a non-zero component facing an infinite bound makes U = +inf") {
+    struct expectation {
+      double q0, q1;
+      std::vector<index_t> infinite;  // pages whose U is +inf
+      std::vector<index_t> top3;      // the two best of pages 0..4, plus page 5
+    };
+    const expectation cases[] = {
+        {0.25, 0.0, {1, 4}, {1, 4, 5}},
+        {0.0, -0.25, {3, 4}, {3, 4, 5}},
+        {1.0, -1.0, {1, 3, 4}, {1, 3, 5}},  // three +inf pages: the lower two
+    };
+    for (const auto& e : cases) {
+      INFO("q0 " << e.q0 << " q1 " << e.q1);
+      const auto q = query(e.q0, e.q1, 1.0, -0.5);
+      const auto qv = q.cview();
+      std::vector<double> score, tolerance;
+      scores64(b, qv, 0, score, tolerance);
+      for (index_t p = 0; p < pages; ++p) {
+        INFO("page " << p);
+        const bool infinite = std::count(e.infinite.begin(), e.infinite.end(), p) != 0;
+        const float fast = simd_row_score(b, qv, 0, 0, 0, p);
+        CHECK((fast == inf) == infinite);
+        CHECK((score[static_cast<std::size_t>(p)] == double(inf)) == infinite);
+        CHECK(!std::isnan(fast));
+      }
+      block_layout fast_layout, oracle_layout;
+      attnkit::quest_select(attnkit::cpu, qv, b, 3, fast_layout);
+      attnkit::quest_select(reference, qv, b, 3, oracle_layout);
+      CHECK(row_of(fast_layout, 0) == e.top3);
+      CHECK(row_of(oracle_layout, 0) == e.top3);
+    }
+  }
+}
+
+TEST_CASE("quest: bfloat16 bounds overflow only past fp32's largest bfloat16", "[quest]") {
+  // bfloat16's largest finite value is 0x7F7F = 3.3895e38; fp32 keys above it round up to +inf
+  // (max) and below its negative to -inf (min), keys at it stay finite.
+  const float largest = attnkit::to_float(bfloat16::from_bits(0x7F7Fu));
+  auto k = make_tensor3<float>(4, 1, 3);
+  const double values[4][3] = {{largest, -largest, 1.0},
+                               {std::numeric_limits<float>::max(), 0.0, 2.0},
+                               {0.0, -std::numeric_limits<float>::max(), 3.0},
+                               {1.0, 1.0, 4.0}};
+  fill_with(k, [&](const auto& at) { return values[at[0]][at[2]]; });
+  page_bounds<bfloat16> b(1, 1, 3, 4);
+  b.update(attnkit::cpu, k.cview());
+  check_bounds_exact(b, k);
+  CHECK(attnkit::to_float(b.max(0, 0)[0]) == largest);
+  CHECK(attnkit::to_float(b.min(0, 0)[1]) == -largest);
+  CHECK(attnkit::to_float(b.max(0, 1)[0]) == inf);
+  CHECK(attnkit::to_float(b.min(0, 2)[1]) == -inf);
+}
+
 namespace {
 
 // Selects with both backends and checks: rows sorted, the last page present, `kept` entries, the
 // layout's shape, and the SIMD pages equal to the reference pages up to near-ties.
-template <class TQ, class TK>
+template <class B, class TQ, class TK>
 void check_selection(index_t page, index_t n, index_t kv_heads, index_t group, index_t dim,
                      index_t q_tokens, index_t top, std::uint64_t seed) {
   auto k = make_tensor3<TK>(n, kv_heads, dim);
   auto q = make_tensor3<TQ>(q_tokens, kv_heads * group, dim);
   fill_normal(k, seed);
   fill_normal(q, seed + 1);
-  page_bounds b(page, kv_heads, dim, n);
+  page_bounds<B> b(page, kv_heads, dim, n);
   b.update(attnkit::cpu, k.cview());
   block_layout fast, oracle;
   attnkit::quest_select(attnkit::cpu, q.cview(), b, top, fast);
@@ -288,29 +625,33 @@ void check_selection(index_t page, index_t n, index_t kv_heads, index_t group, i
 
 }  // namespace
 
-TEST_CASE("quest_select: SIMD selection equals the reference up to near-ties", "[quest]") {
+TEMPLATE_TEST_CASE("quest_select: SIMD selection equals the reference up to near-ties", "[quest]",
+                   float, half, bfloat16) {
+  using B = TestType;
   SECTION("decode, GQA 4, d 128, fp32 q over fp16 keys") {
     for (index_t top : {1, 2, 5, 64, 255, 256, 1000})
-      check_selection<float, half>(16, 4000, 2, 4, 128, 1, top, 100 + top);
+      check_selection<B, float, half>(16, 4000, 2, 4, 128, 1, top, 100 + top);
   }
-  SECTION("MQA, odd page and dim, several query tokens") {
-    for (index_t top : {1, 3, 20}) check_selection<float, float>(7, 300, 1, 5, 37, 3, top, 7);
+  SECTION("MQA, odd page and dim, several query tokens, fp32 keys") {
+    for (index_t top : {1, 3, 20}) check_selection<B, float, float>(7, 300, 1, 5, 37, 3, top, 7);
   }
   SECTION("16-bit queries, MHA, partial last page") {
     for (index_t top : {2, 9}) {
-      check_selection<half, half>(16, 250, 3, 1, 64, 1, top, 31);
-      check_selection<bfloat16, bfloat16>(16, 250, 3, 1, 64, 1, top, 37);
+      check_selection<B, half, half>(16, 250, 3, 1, 64, 1, top, 31);
+      check_selection<B, bfloat16, bfloat16>(16, 250, 3, 1, 64, 1, top, 37);
     }
   }
   SECTION("no query tokens: every score is -inf, ties keep the lowest pages") {
-    check_selection<float, float>(4, 40, 2, 2, 16, 0, 3, 9);
+    check_selection<B, float, float>(4, 40, 2, 2, 16, 0, 3, 9);
   }
   SECTION("every query row of a page score: q_tokens x group above one row block") {
-    check_selection<float, bfloat16>(8, 512, 2, 3, 96, 3, 10, 51);  // 9 rows: 4 + 4 + 1
+    check_selection<B, float, bfloat16>(8, 512, 2, 3, 96, 3, 10, 51);  // 9 rows: 4 + 4 + 1
   }
 }
 
-TEST_CASE("quest_select: exact ties go to the lower page in both backends", "[quest]") {
+TEMPLATE_TEST_CASE("quest_select: exact ties go to the lower page in both backends", "[quest]",
+                   float, half, bfloat16) {
+  using B = TestType;
   // Pages repeat with period 3 (page p holds the keys of page p % 3), so every score appears on
   // many pages, bit-identical in fp32 as in fp64.
   const index_t page = 4, pages = 30, dim = 16, n = page * pages;
@@ -320,7 +661,7 @@ TEST_CASE("quest_select: exact ties go to the lower page in both backends", "[qu
   fill_with(k, [&](const auto& at) { return base.cview()(at[0] % (3 * page), 0, at[2]); });
   auto q = make_tensor3<float>(1, 2, dim);
   fill_normal(q, 4);
-  page_bounds b(page, 1, dim, n);
+  page_bounds<B> b(page, 1, dim, n);
   b.update(attnkit::cpu, k.cview());
   std::vector<double> score, tolerance;
   scores64(b, q.cview(), 0, score, tolerance);
@@ -343,7 +684,8 @@ TEST_CASE("quest_select: exact ties go to the lower page in both backends", "[qu
   }
 }
 
-TEST_CASE("quest_select: the last page is always kept", "[quest]") {
+TEMPLATE_TEST_CASE("quest_select: the last page is always kept", "[quest]", float, half, bfloat16) {
+  using B = TestType;
   // q = all ones; every page's keys are +1 except the last page's, -10: the last page has by far
   // the lowest bound, and is kept anyway.
   const index_t page = 16, n = 16 * 9 + 3, dim = 32;
@@ -351,7 +693,7 @@ TEST_CASE("quest_select: the last page is always kept", "[quest]") {
   fill_with(k, [&](const auto& at) { return at[0] >= 16 * 9 ? -10.0 : 1.0 + 0.01 * at[0]; });
   auto q = make_tensor3<float>(1, 2, dim);
   fill_with(q, [](const auto&) { return 1.0; });
-  page_bounds b(page, 2, dim, n);
+  page_bounds<B> b(page, 2, dim, n);
   b.update(attnkit::cpu, k.cview());
   for (const bool simd : {true, false}) {
     block_layout layout;
@@ -369,13 +711,15 @@ TEST_CASE("quest_select: the last page is always kept", "[quest]") {
   }
 }
 
-TEST_CASE("quest_select: GQA scores a page by the max over the group and the query tokens",
-          "[quest]") {
+TEMPLATE_TEST_CASE("quest_select: GQA scores a page by the max over the group and the query tokens",
+                   "[quest]", float, half, bfloat16) {
+  using B = TestType;
   // Pages (4 tokens, d 4) are zero except: page 2 keys 5·e0, page 5 keys 10·e1, page 7 keys
   // 4·e0 + 4·e1. The queries are e0, e1 and e2 (as three heads of one group, or as three tokens
   // of one head), so U is  page 2: (5, 0, 0)  page 5: (0, 10, 0)  page 7: (4, 4, 0), else 0.
   // Max: page 5 (10) > page 2 (5) > page 7 (4); the sum (or mean) would rank page 7 (8) above
   // page 2 (5). top 3 = the two best of pages 0..8 plus the last page: {2, 5, 9} under max.
+  // (Every value is exact in every storage type.)
   const index_t page = 4, pages = 10, dim = 4, n = page * pages;
   auto k = make_tensor3<float>(n, 1, dim);
   fill_with(k, [&](const auto& at) {
@@ -385,7 +729,7 @@ TEST_CASE("quest_select: GQA scores a page by the max over the group and the que
     if (p == 7) return c <= 1 ? 4.0 : 0.0;
     return 0.0;
   });
-  page_bounds b(page, 1, dim, n);
+  page_bounds<B> b(page, 1, dim, n);
   b.update(attnkit::cpu, k.cview());
 
   auto one_hot = [](index_t tokens, index_t heads, auto hot) {
@@ -408,8 +752,10 @@ TEST_CASE("quest_select: GQA scores a page by the max over the group and the que
     }
 }
 
-TEST_CASE("quest_select: top_pages >= pages keeps every page; block_sparse then equals full",
-          "[quest]") {
+TEMPLATE_TEST_CASE(
+    "quest_select: top_pages >= pages keeps every page; block_sparse then equals full", "[quest]",
+    float, half, bfloat16) {
+  using B = TestType;
   const index_t page = 16, n = 16 * 20 + 5, kv_heads = 2, group = 4, dim = 64;
   auto q = make_tensor3<float>(1, kv_heads * group, dim);
   auto k = make_tensor3<half>(n, kv_heads, dim);
@@ -417,7 +763,7 @@ TEST_CASE("quest_select: top_pages >= pages keeps every page; block_sparse then 
   fill_normal(q, 61);
   fill_normal(k, 62);
   fill_normal(v, 63);
-  page_bounds b(page, kv_heads, dim, n);
+  page_bounds<B> b(page, kv_heads, dim, n);
   b.update(attnkit::cpu, k.cview());
   std::vector<index_t> all(static_cast<std::size_t>(b.pages()));
   for (index_t p = 0; p < b.pages(); ++p) all[static_cast<std::size_t>(p)] = p;
@@ -445,8 +791,10 @@ TEST_CASE("quest_select: top_pages >= pages keeps every page; block_sparse then 
   CHECK(worst <= 1e-5);
 }
 
-TEST_CASE("quest_select: sparse decode on the CPU matches the reference over the same pages",
-          "[quest]") {
+TEMPLATE_TEST_CASE(
+    "quest_select: sparse decode on the CPU matches the reference over the same pages", "[quest]",
+    float, half, bfloat16) {
+  using B = TestType;
   const index_t page = 16, n = 2000, kv_heads = 2, group = 4, dim = 128;
   auto q = make_tensor3<float>(1, kv_heads * group, dim);
   auto k = make_tensor3<half>(n, kv_heads, dim);
@@ -454,7 +802,7 @@ TEST_CASE("quest_select: sparse decode on the CPU matches the reference over the
   fill_normal(q, 71);
   fill_normal(k, 72);
   fill_normal(v, 73);
-  page_bounds b(page, kv_heads, dim, n);
+  page_bounds<B> b(page, kv_heads, dim, n);
   b.update(attnkit::cpu, k.cview());
   block_layout layout;
   attnkit::quest_select(attnkit::cpu, q.cview(), b, 12, layout);
@@ -471,10 +819,12 @@ TEST_CASE("quest_select: sparse decode on the CPU matches the reference over the
   CHECK(worst <= 1e-5);
 }
 
-TEST_CASE("quest_select: executors and scratch reuse give identical layouts", "[quest]") {
+TEMPLATE_TEST_CASE("quest_select: executors and scratch reuse give identical layouts", "[quest]",
+                   float, half, bfloat16) {
+  using B = TestType;
   auto k = make_tensor3<half>(3000, 2, 64);
   fill_normal(k, 81);
-  page_bounds b(8, 2, 64, 3000);
+  page_bounds<B> b(8, 2, 64, 3000);
   b.update(attnkit::cpu, k.cview());
   auto big = make_tensor3<float>(2, 8, 64), small = make_tensor3<float>(1, 2, 64);
   fill_normal(big, 82);
@@ -507,15 +857,17 @@ void expect_error(Call&& call, const std::vector<std::string>& fragments) {
 
 }  // namespace
 
-TEST_CASE("quest: invalid arguments throw and change nothing", "[quest][errors]") {
-  expect_error([] { page_bounds(0, 2, 16, 64); }, {"attnkit::page_bounds", "page_size is 0"});
-  expect_error([] { page_bounds(4, 0, 16, 64); }, {"kv_heads is 0"});
-  expect_error([] { page_bounds(4, 2, 0, 64); }, {"head_dim is 0"});
-  expect_error([] { page_bounds(4, 2, 16, -1); }, {"capacity_tokens is -1"});
+TEMPLATE_TEST_CASE("quest: invalid arguments throw and change nothing", "[quest][errors]", float,
+                   half, bfloat16) {
+  using B = TestType;
+  expect_error([] { page_bounds<B>(0, 2, 16, 64); }, {"attnkit::page_bounds", "page_size is 0"});
+  expect_error([] { page_bounds<B>(4, 0, 16, 64); }, {"kv_heads is 0"});
+  expect_error([] { page_bounds<B>(4, 2, 0, 64); }, {"head_dim is 0"});
+  expect_error([] { page_bounds<B>(4, 2, 16, -1); }, {"capacity_tokens is -1"});
 
   auto k = make_tensor3<float>(40, 2, 16);
   fill_normal(k, 91);
-  page_bounds b(4, 2, 16, 40);
+  page_bounds<B> b(4, 2, 16, 40);
   b.update(attnkit::cpu, prefix(k, 30));
   const auto before = snapshot(b);
 
@@ -541,7 +893,7 @@ TEST_CASE("quest: invalid arguments throw and change nothing", "[quest][errors]"
       expect_error([&] { update(k.cview(), 31); }, {"first_token is 31", "hold 30 tokens"});
       expect_error([&] { update(k.cview(), -1); }, {"first_token is -1"});
       expect_error([&] { update(prefix(k, 20), 25); }, {"first_token is 25", "k has only 20"});
-      CHECK(same_bits(snapshot(b), before));
+      CHECK(snapshot(b) == before);
     }
   }
 
@@ -560,9 +912,9 @@ TEST_CASE("quest: invalid arguments throw and change nothing", "[quest][errors]"
     fill_normal(q_dim, 1);
     fill_normal(q_heads, 1);
     fill_normal(q_long, 1);
-    page_bounds empty(4, 2, 16, 40);
+    page_bounds<B> empty(4, 2, 16, 40);
     for (const bool simd : {true, false}) {
-      auto select = [&](auto view, const page_bounds& bounds, index_t top) {
+      auto select = [&](auto view, const page_bounds<B>& bounds, index_t top) {
         if (simd)
           attnkit::quest_select(attnkit::cpu, view, bounds, top, layout);
         else

@@ -10,17 +10,37 @@
 // tokens, the query's own among them) and writes a block_layout for attnkit::block_sparse; the
 // attention call then reads only those pages' K and V.
 //
-//   attnkit::page_bounds bounds(16, kv_heads, head_dim, max_tokens);
+//   attnkit::page_bounds<attnkit::half> bounds(16, kv_heads, head_dim, max_tokens);
 //   attnkit::block_layout layout;
 //   // each decode step, after appending the new token's k (cache now holds n tokens):
 //   bounds.update(attnkit::cpu, k_cache_view_of_n_tokens, n - 1);   // touches the last page only
 //   attnkit::quest_select(attnkit::cpu, q, bounds, 256, layout);     // 256 pages = 4096 tokens
 //   attnkit::attention(attnkit::cpu, q, k, v, out, attnkit::block_sparse{layout});
 //
+// Storage type. A decode step's selection streams every page's bounds (2 · head_dim values per
+// page and KV head, 1/8 of fp16 K and V at pages of 16), which makes it the largest part of a
+// Quest step; page_bounds<half> or page_bounds<bfloat16> halve that stream against the default
+// page_bounds<float>. The bounds stay bounds: the minimum is rounded toward -inf (the largest T
+// <= the fp32 minimum), the maximum toward +inf (core/directed_rounding.hpp), so every stored
+// min_c <= k_c <= max_c exactly and U still bounds every logit; they are looser by at most one
+// unit in the last place of T. With fp16 keys, page_bounds<half> is exact (no rounding at all).
+//
+// Infinite bounds. A half bound overflows for keys beyond ±65504 (bfloat16 only beyond fp32's own
+// range): the maximum becomes +inf, the minimum -inf (never the other way round, so min stays
+// finite or -inf and max finite or +inf). The score then uses 0·inf = 0: a query component that
+// is exactly zero contributes 0 whatever its bounds (the limit the bound has as q_c -> 0, and
+// what keeps U from becoming NaN); a non-zero one facing an infinite bound makes U = +inf, so that
+// page ranks first (ties among +inf pages: the lower page), as it may hold an unbounded logit.
+//
 // Scale and softcap are monotone in the logit and are left out of the bound; the bound holds for
 // ALiBi-free scores (a per-key ALiBi bias would have to be added per page). Keys are assumed
-// finite. Both functions validate everything before they write, so on attnkit::error the bounds
-// and the layout are exactly as they were.
+// finite; a NaN key is not rejected: min/max skip or keep it depending on its position in the
+// page and the backend (reference: the page's first token's NaN sticks, later ones are skipped;
+// SIMD vector path: vminps/vmaxps return their second operand, so only the page's last token's
+// NaN survives), the directed rounding keeps NaN as NaN, and a NaN bound makes that page's score
+// NaN, which the selection orders by its bits (a positive NaN above +inf). Both functions
+// validate everything before they write, so on attnkit::error the bounds and the layout are
+// exactly as they were.
 #pragma once
 
 // Before anything includes xsimd: it silences GCC 12's false warnings in <immintrin.h>.
@@ -31,6 +51,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <new>
 #include <span>
@@ -41,6 +62,7 @@
 #include "attnkit/backend/reference/page_selection.hpp"
 #include "attnkit/backend/simd/page_selection.hpp"
 #include "attnkit/backend/tags.hpp"
+#include "attnkit/core/directed_rounding.hpp"
 #include "attnkit/core/error.hpp"
 #include "attnkit/core/float16.hpp"
 #include "attnkit/core/tensor_view.hpp"
@@ -52,20 +74,22 @@ namespace attnkit {
 namespace detail {
 
 // The bounds as the backend kernels see them (the `Rows` of backend/*/page_selection.hpp): page p
-// of KV head h is one record of 2 * padded_dim floats, its min row then its max row.
+// of KV head h is one record of 2 * padded_dim values of T, its min row then its max row.
+template <class T>
 struct page_bounds_rows {
-  float* data = nullptr;
+  using value_type = T;
+  T* data = nullptr;
   index_t page_size = 0;
   index_t kv_heads = 0;
   index_t head_dim = 0;
-  index_t padded_dim = 0;   // row length: head_dim rounded up to 16 floats (64 bytes), zero padded
-  index_t head_stride = 0;  // floats between KV heads
+  index_t padded_dim = 0;   // row length: head_dim rounded up to 64 bytes of T, zero padded
+  index_t head_stride = 0;  // elements between KV heads
   index_t pages = 0;        // pages holding tokens (after an update: the new count)
 
-  float* min_row(index_t kv_head, index_t page) const noexcept {
+  T* min_row(index_t kv_head, index_t page) const noexcept {
     return data + kv_head * head_stride + page * 2 * padded_dim;
   }
-  float* max_row(index_t kv_head, index_t page) const noexcept {
+  T* max_row(index_t kv_head, index_t page) const noexcept {
     return min_row(kv_head, page) + padded_dim;
   }
 };
@@ -86,10 +110,20 @@ struct page_bounds_access;
 
 }  // namespace detail
 
-// Element-wise min and max of the keys of every (KV head, page), fp32, in storage allocated once
-// for capacity_tokens. Rows are padded with zeros to padded_head_dim() floats and 64-byte aligned.
+// Element-wise min and max of the keys of every (KV head, page), stored as T (float, half or
+// bfloat16; the min rounded toward -inf, the max toward +inf, see the header comment) in storage
+// allocated once for capacity_tokens. Rows are padded with zeros to padded_head_dim() elements
+// (64 bytes: 16 floats or 32 16-bit values) and 64-byte aligned. `page_bounds b(...)` deduces
+// page_bounds<float>.
+template <class T = float>
 class page_bounds {
+  static_assert(is_storage_type_v<T>,
+                "attnkit::page_bounds: T (the bounds' storage type) must be float, half or "
+                "bfloat16");
+
  public:
+  using value_type = T;
+
   page_bounds(index_t page_size, index_t kv_heads, index_t head_dim, index_t capacity_tokens)
       : page_size_(page_size),
         kv_heads_(kv_heads),
@@ -103,16 +137,19 @@ class page_bounds {
                     ", it must be >= 1");
     detail::require(capacity_tokens >= 0, "attnkit::page_bounds: capacity_tokens is ",
                     capacity_tokens, ", it must be >= 0");
-    padded_dim_ = (head_dim + 15) / 16 * 16;
+    constexpr index_t row_multiple = index_t{64} / index_t{sizeof(T)};
+    padded_dim_ = (head_dim + row_multiple - 1) / row_multiple * row_multiple;
     capacity_pages_ = (capacity_tokens + page_size - 1) / page_size;
-    const std::size_t floats =
+    const std::size_t elements =
         static_cast<std::size_t>(kv_heads * capacity_pages_ * 2 * padded_dim_);
-    if (floats > 0) {
-      void* memory = std::aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
+    if (elements > 0) {
+      const std::size_t bytes = (elements * sizeof(T) + 63) / 64 * 64;
+      void* memory = std::aligned_alloc(64, bytes);
       if (memory == nullptr) throw std::bad_alloc();
-      storage_.reset(static_cast<float*>(memory));
-      // Zeros in the padding lanes make them add nothing to the SIMD dot products.
-      std::fill(storage_.get(), storage_.get() + floats, 0.0f);
+      // Zeros in the padding lanes make them add nothing to the SIMD dot products (+0 is all
+      // zero bits in every storage type).
+      std::memset(memory, 0, bytes);
+      storage_.reset(static_cast<T*>(memory));
     }
   }
 
@@ -124,11 +161,11 @@ class page_bounds {
   index_t tokens() const noexcept { return tokens_; }
   index_t pages() const noexcept { return pages_for(tokens_); }
 
-  // Rows of head_dim floats (padded_head_dim() allocated), for page < pages().
-  const float* min(index_t kv_head, index_t page) const noexcept {
+  // Rows of head_dim values (padded_head_dim() allocated), for page < pages().
+  const T* min(index_t kv_head, index_t page) const noexcept {
     return rows(pages()).min_row(kv_head, page);
   }
-  const float* max(index_t kv_head, index_t page) const noexcept {
+  const T* max(index_t kv_head, index_t page) const noexcept {
     return rows(pages()).max_row(kv_head, page);
   }
 
@@ -177,7 +214,7 @@ class page_bounds {
   friend struct detail::page_bounds_access;
 
   // The kernels' view of the first `pages` pages.
-  detail::page_bounds_rows rows(index_t pages) const noexcept {
+  detail::page_bounds_rows<T> rows(index_t pages) const noexcept {
     return {storage_.get(), page_size_,  kv_heads_,
             head_dim_,      padded_dim_, capacity_pages_ * 2 * padded_dim_,
             pages};
@@ -188,7 +225,7 @@ class page_bounds {
   }
 
   struct free_deleter {
-    void operator()(float* p) const noexcept { std::free(p); }
+    void operator()(T* p) const noexcept { std::free(p); }
   };
 
   index_t page_size_ = 0;
@@ -198,12 +235,13 @@ class page_bounds {
   index_t padded_dim_ = 0;
   index_t capacity_pages_ = 0;
   index_t tokens_ = 0;
-  std::unique_ptr<float, free_deleter> storage_;
+  std::unique_ptr<T, free_deleter> storage_;
 };
 
 namespace detail {
 struct page_bounds_access {
-  static page_bounds_rows rows(const page_bounds& bounds) noexcept {
+  template <class T>
+  static page_bounds_rows<T> rows(const page_bounds<T>& bounds) noexcept {
     return bounds.rows(bounds.pages());
   }
 };
@@ -213,16 +251,17 @@ struct page_bounds_access {
 // [q_tokens, q_heads, head_dim] (the newest q_tokens tokens of the cache) and writes them to
 // `layout`:
 //   score(page, kv head) = max over the head's query heads and the query tokens of
-//                          Σ_c max(q_c·min_c, q_c·max_c)
+//                          Σ_c max(q_c·min_c, q_c·max_c)   (a term with q_c = 0 is 0)
 //   keep the top_pages best (ties: the lower page), always including the last page, rows sorted;
 //   top_pages >= pages() keeps every page (block_sparse attention then equals full attention).
 // The layout: key_block = page_size, key_blocks = pages, one layout per KV head
 // (query_heads_per_layout = q_heads / kv_heads), one block row of max(1, q_tokens) queries
 // starting at position tokens - q_tokens. It serves attention over the same cache with causal
 // or full masking composed as the caller wishes. Runs on `executor`; the overload without one
-// uses parallel::default_thread_pool().
-template <class Backend, class TQ, parallel::executor E>
-void quest_select(const Backend& backend, tensor_view<TQ, 3> q, const page_bounds& bounds,
+// uses parallel::default_thread_pool(). The bounds may be stored in any T: the kernels widen them
+// to fp32 (SIMD) or fp64 (reference) as they read them.
+template <class Backend, class TQ, class T, parallel::executor E>
+void quest_select(const Backend& backend, tensor_view<TQ, 3> q, const page_bounds<T>& bounds,
                   index_t top_pages, block_layout& layout, E&& executor) {
   using Q = std::remove_cv_t<TQ>;
   static_assert(is_storage_type_v<Q>, "attnkit::quest_select: q must hold float, half or bfloat16");
@@ -269,8 +308,8 @@ void quest_select(const Backend& backend, tensor_view<TQ, 3> q, const page_bound
   layout.assign(shape, scratch.row_offsets, scratch.columns);
 }
 
-template <class Backend, class TQ>
-void quest_select(const Backend& backend, tensor_view<TQ, 3> q, const page_bounds& bounds,
+template <class Backend, class TQ, class T>
+void quest_select(const Backend& backend, tensor_view<TQ, 3> q, const page_bounds<T>& bounds,
                   index_t top_pages, block_layout& layout) {
   quest_select(backend, q, bounds, top_pages, layout, parallel::default_thread_pool());
 }

@@ -1,13 +1,16 @@
 // attnkit — the reference Quest kernels: page bounds and page selection in plain loops, the
 // oracle the SIMD kernels are tested against.
 //
-// Bounds: the minimum and maximum of a page's keys are exact in any precision (they are one of
-// the inputs, widened to fp32 exactly), so the reference just loops. Selection: every page's
-// upper bound Σ_c max(q_c·min_c, q_c·max_c) in fp64 from the definition (no sign split, no
-// fused multiply-add), then a full stable sort by (bound descending, page ascending).
+// Bounds: the minimum and maximum of a page's keys are exact in fp32 (they are one of the inputs,
+// widened exactly), so the reference just loops, then stores them in the bounds' type T with the
+// scalar directed rounding (min toward -inf, max toward +inf; core/directed_rounding.hpp).
+// Selection: every page's upper bound Σ_c max(q_c·min_c, q_c·max_c) in fp64 from the stored T
+// values and the definition (no sign split, no fused multiply-add; a term with q_c = 0 is 0, so
+// an infinite bound never meets 0·inf), then a full stable sort by (bound descending, page
+// ascending).
 //
-// Both functions take the bounds through a `Rows` view (page_bounds' detail::page_bounds_rows):
-//   float* min_row(kv_head, page) const, float* max_row(kv_head, page) const,
+// Both functions take the bounds through a `Rows` view (page_bounds' detail::page_bounds_rows<T>):
+//   value_type T, T* min_row(kv_head, page) const, T* max_row(kv_head, page) const,
 //   members page_size, kv_heads, head_dim, padded_dim, pages.
 #pragma once
 
@@ -23,6 +26,7 @@
 #include <vector>
 
 #include "attnkit/backend/tags.hpp"
+#include "attnkit/core/directed_rounding.hpp"
 #include "attnkit/core/float16.hpp"
 #include "attnkit/core/tensor_view.hpp"
 
@@ -34,13 +38,14 @@ namespace detail {
 template <class TK, class Rows, class Executor>
 void page_bounds_update_impl(backend::reference, tensor_view<const TK, 3> k, index_t first_page,
                              index_t end_page, const Rows& bounds, Executor&) {
+  using T = typename Rows::value_type;
   const index_t tokens = k.extent(0);
   for (index_t h = 0; h < bounds.kv_heads; ++h) {
     for (index_t p = first_page; p < end_page; ++p) {
       const index_t begin = p * bounds.page_size;
       const index_t end = std::min(begin + bounds.page_size, tokens);
-      float* lo = bounds.min_row(h, p);
-      float* hi = bounds.max_row(h, p);
+      T* lo = bounds.min_row(h, p);
+      T* hi = bounds.max_row(h, p);
       for (index_t c = 0; c < bounds.head_dim; ++c) {
         float mn = to_float(k(begin, h, c));
         float mx = mn;
@@ -49,15 +54,18 @@ void page_bounds_update_impl(backend::reference, tensor_view<const TK, 3> k, ind
           mn = std::min(mn, x);
           mx = std::max(mx, x);
         }
-        lo[c] = mn;
-        hi[c] = mx;
+        // A zero bound is stored as +0 (x + 0 maps -0 to +0), whichever zero the keys held
+        // and in whichever order: the SIMD kernel's min/max pick between ±0 differently.
+        lo[c] = detail::round_down<T>(mn + 0.0f);
+        hi[c] = detail::round_up<T>(mx + 0.0f);
       }
     }
   }
 }
 
 // The Quest score of every page for one KV head, in fp64: the maximum over the head's query
-// heads and the query tokens of U(page) = Σ_c max(q_c·min_c, q_c·max_c). -inf with no queries.
+// heads and the query tokens of U(page) = Σ_c max(q_c·min_c, q_c·max_c), with 0 for q_c = 0.
+// -inf with no queries.
 template <class TQ, class Rows>
 std::vector<double> reference_page_scores(tensor_view<const TQ, 3> q, const Rows& bounds,
                                           index_t kv_head) {
@@ -65,8 +73,8 @@ std::vector<double> reference_page_scores(tensor_view<const TQ, 3> q, const Rows
   std::vector<double> scores(static_cast<std::size_t>(bounds.pages),
                              -std::numeric_limits<double>::infinity());
   for (index_t p = 0; p < bounds.pages; ++p) {
-    const float* lo = bounds.min_row(kv_head, p);
-    const float* hi = bounds.max_row(kv_head, p);
+    const auto* lo = bounds.min_row(kv_head, p);
+    const auto* hi = bounds.max_row(kv_head, p);
     double& score = scores[static_cast<std::size_t>(p)];
     for (index_t t = 0; t < q.extent(0); ++t) {
       for (index_t g = 0; g < group; ++g) {
@@ -74,7 +82,7 @@ std::vector<double> reference_page_scores(tensor_view<const TQ, 3> q, const Rows
         double u = 0.0;
         for (index_t c = 0; c < bounds.head_dim; ++c) {
           const double x = to_float(q(t, h, c));
-          u += std::max(x * double(lo[c]), x * double(hi[c]));
+          if (x != 0.0) u += std::max(x * double(to_float(lo[c])), x * double(to_float(hi[c])));
         }
         score = std::max(score, u);
       }

@@ -3,16 +3,27 @@
 // Bounds. For each (KV head, touched page) the kernel walks the head dimension a vector at a
 // time and, for each vector of columns, takes the running min and max down the page's rows
 // (converting loads from fp16 / bf16 / fp32): each key element is read once, the page's rows
-// stay in L1 across the column vectors, and the result is exact (min and max do not round).
+// stay in L1 across the column vectors, and the fp32 result is exact (min and max do not round).
+// It is stored in the bounds' type T rounded outward (min toward -inf, max toward +inf): for half
+// with vcvtps2ph's directed-rounding immediates, otherwise lane by lane with the scalar
+// core/directed_rounding.hpp functions; both give the same bits (IEEE directed rounding).
 //
-// Selection. Decode with Quest is a stream over the bounds (2 · head_dim floats per page and KV
-// head) with a few dot products per page, so it is bound by memory bandwidth; the kernel reads
-// every page's [min | max] rows once for all the query rows of its KV head. The bound
+// Selection. Decode with Quest is a stream over the bounds (2 · head_dim values of T per page and
+// KV head) with a few dot products per page, so with fp32 bounds it is bound by memory bandwidth;
+// the kernel reads every page's [min | max] rows once for all the query rows of its KV head,
+// 16-bit bounds through converting loads (half the bytes of fp32; then the multiply-adds, 2 per
+// column and query row, cost about as much as the stream on few cores). The bound
 //   U = Σ_c max(q_c·min_c, q_c·max_c) = q⁺·max + q⁻·min,  q⁺ = max(q, 0), q⁻ = min(q, 0),
 // holds because min_c <= max_c: for q_c >= 0 the larger product is q_c·max_c and q⁻_c = 0, and
 // symmetrically for q_c < 0. So the queries are split by sign once per call and each page costs
 // two fused multiply-adds per column and query row, with no compare. The two halves accumulate
 // separately, which halves the dependency chains.
+//
+// Infinite bounds (16-bit T past its range; quest.hpp): the split meets 0·inf wherever the other
+// sign's half of q is zero, and the sum becomes NaN. Finite keys give no other NaN (min is never
+// +inf, max never -inf), so a NaN sum means "recompute this page with 0·x = 0": the rare page
+// takes a masked pass (same order of operations, zero-q lanes skipped) and the stream pays one
+// compare per page and query row.
 //
 // Top-K: each page's fp32 score and index are packed into one 64-bit key that orders by score,
 // then by lower index, so std::nth_element on plain integers selects the pages and ties resolve
@@ -41,6 +52,7 @@
 #include "attnkit/backend/simd/convert.hpp"
 #include "attnkit/backend/simd/scratch.hpp"
 #include "attnkit/backend/tags.hpp"
+#include "attnkit/core/directed_rounding.hpp"
 #include "attnkit/core/float16.hpp"
 #include "attnkit/core/simd_include.hpp"
 #include "attnkit/core/tensor_view.hpp"
@@ -58,15 +70,61 @@ inline constexpr index_t min_parallel_bounds_elements = index_t{1} << 18;
 // so that the dispatch cost stays small against the stream.
 inline constexpr index_t min_pages_per_item = 256;
 
+// Stores one batch to T rounded toward -inf (Up = false) or +inf (Up = true): plain for float,
+// vcvtps2ph with the rounding in its immediate for half (IEEE directed rounding, overflow and
+// subnormals included, so it matches round_down / round_up bit for bit; the tests compare them),
+// lane by lane otherwise.
+template <bool Up, class A, class T>
+ATTNKIT_ALWAYS_INLINE void store_rounded(T* destination, float_batch<A> x,
+                                         xsimd::kernel::requires_arch<xsimd::generic>) {
+  if constexpr (std::is_same_v<T, float>) {
+    x.store_unaligned(destination);
+  } else {
+    alignas(64) float lanes[float_batch<A>::size];
+    x.store_aligned(lanes);
+    for (std::size_t i = 0; i < float_batch<A>::size; ++i)
+      destination[i] = Up ? detail::round_up<T>(lanes[i]) : detail::round_down<T>(lanes[i]);
+  }
+}
+
+#if defined(__AVX2__) && defined(__F16C__)
+template <bool Up, class A, class T>
+ATTNKIT_ALWAYS_INLINE void store_rounded(T* destination, float_batch<A> x,
+                                         xsimd::kernel::requires_arch<xsimd::avx2>) {
+  if constexpr (std::is_same_v<T, half>) {
+    constexpr int mode = (Up ? _MM_FROUND_TO_POS_INF : _MM_FROUND_TO_NEG_INF) | _MM_FROUND_NO_EXC;
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(destination), _mm256_cvtps_ph(x, mode));
+  } else {
+    store_rounded<Up, A>(destination, x, xsimd::generic{});
+  }
+}
+#endif
+
+#if defined(__AVX512F__)
+template <bool Up, class A, class T>
+ATTNKIT_ALWAYS_INLINE void store_rounded(T* destination, float_batch<A> x,
+                                         xsimd::kernel::requires_arch<xsimd::avx512f>) {
+  if constexpr (std::is_same_v<T, half>) {
+    constexpr int mode = (Up ? _MM_FROUND_TO_POS_INF : _MM_FROUND_TO_NEG_INF) | _MM_FROUND_NO_EXC;
+    // The zero-masking form: GCC 12 flags the plain one's undefined passthrough once inlined.
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(destination),
+                        _mm512_maskz_cvtps_ph(0xFFFF, x, mode));
+  } else {
+    store_rounded<Up, A>(destination, x, xsimd::generic{});
+  }
+}
+#endif
+
 // Bounds of page p of KV head h from rows [begin, end) of k.
 template <class A, class TK, class Rows>
 void page_min_max(tensor_view<const TK, 3> k, index_t h, index_t p, index_t begin, index_t end,
                   const Rows& bounds) {
+  using T = typename Rows::value_type;
   using batch = float_batch<A>;
   constexpr index_t width = batch::size;
   const index_t dim = bounds.head_dim;
-  float* lo = bounds.min_row(h, p);
-  float* hi = bounds.max_row(h, p);
+  T* lo = bounds.min_row(h, p);
+  T* hi = bounds.max_row(h, p);
   index_t c = 0;
   if (k.stride(2) == 1) {
     for (; c + width <= dim; c += width) {
@@ -77,8 +135,11 @@ void page_min_max(tensor_view<const TK, 3> k, index_t h, index_t p, index_t begi
         mn = xsimd::min(mn, x);
         mx = xsimd::max(mx, x);
       }
-      mn.store_aligned(lo + c);
-      mx.store_aligned(hi + c);
+      // + 0 turns a -0 into +0: vminps/vmaxps return their second operand for a ±0 pair where
+      // std::min/max return their first, and the backends must store the same bits.
+      const batch zero(0.0f);
+      store_rounded<false, A>(lo + c, mn + zero, A{});
+      store_rounded<true, A>(hi + c, mx + zero, A{});
     }
   }
   for (; c < dim; ++c) {
@@ -89,8 +150,8 @@ void page_min_max(tensor_view<const TK, 3> k, index_t h, index_t p, index_t begi
       mn = std::min(mn, x);
       mx = std::max(mx, x);
     }
-    lo[c] = mn;
-    hi[c] = mx;
+    lo[c] = detail::round_down<T>(mn + 0.0f);
+    hi[c] = detail::round_up<T>(mx + 0.0f);
   }
 }
 
@@ -111,9 +172,11 @@ ATTNKIT_ALWAYS_INLINE index_t page_of_key(std::uint64_t key) noexcept {
 // Writes to `sums` the bounds of one page for Rows query rows. `page` points at the page's
 // min row, its max row follows at page + padded_dim (page_bounds stores them adjacent); query row
 // r's q⁺ is at q + r * 2 * padded_dim and its q⁻ right after. Every row is padded with zeros to
-// padded_dim, a multiple of the vector width, and 64-byte aligned.
-template <class A, int Rows>
-ATTNKIT_ALWAYS_INLINE void page_bound_rows(const float* ATTNKIT_RESTRICT page,
+// padded_dim, a multiple of the vector width, and 64-byte aligned. Masked: lanes whose query
+// component is zero add nothing (0·inf = 0; see the header comment), at the cost of a compare and
+// a blend per multiply-add, with the same order of operations otherwise.
+template <class A, int Rows, bool Masked, class T>
+ATTNKIT_ALWAYS_INLINE void page_bound_rows(const T* ATTNKIT_RESTRICT page,
                                            const float* ATTNKIT_RESTRICT q, index_t padded_dim,
                                            float* sums) {
   using batch = float_batch<A>;
@@ -125,40 +188,62 @@ ATTNKIT_ALWAYS_INLINE void page_bound_rows(const float* ATTNKIT_RESTRICT page,
     negative[r] = batch(0.0f);
   }
   for (index_t c = 0; c < padded_dim; c += width) {
-    const batch lo = batch::load_aligned(page + c);
-    const batch hi = batch::load_aligned(page + padded_dim + c);
+    const batch lo = load_float<A>(page + c);
+    const batch hi = load_float<A>(page + padded_dim + c);
     for (int r = 0; r < Rows; ++r) {
       const float* row = q + r * 2 * padded_dim;
-      positive[r] = xsimd::fma(batch::load_aligned(row + c), hi, positive[r]);
-      negative[r] = xsimd::fma(batch::load_aligned(row + padded_dim + c), lo, negative[r]);
+      const batch q_positive = batch::load_aligned(row + c);
+      const batch q_negative = batch::load_aligned(row + padded_dim + c);
+      if constexpr (Masked) {
+        const batch zero(0.0f);
+        positive[r] =
+            xsimd::select(q_positive != zero, xsimd::fma(q_positive, hi, positive[r]), positive[r]);
+        negative[r] =
+            xsimd::select(q_negative != zero, xsimd::fma(q_negative, lo, negative[r]), negative[r]);
+      } else {
+        positive[r] = xsimd::fma(q_positive, hi, positive[r]);
+        negative[r] = xsimd::fma(q_negative, lo, negative[r]);
+      }
     }
   }
   for (int r = 0; r < Rows; ++r) sums[r] = xsimd::hadd(positive[r] + negative[r]);
 }
 
+// The bounds of Rows query rows into `sums`; a NaN among them (0·inf met an infinite bound) is
+// recomputed with the masked pass.
+template <class A, int Rows, class T>
+ATTNKIT_ALWAYS_INLINE void page_bound_rows_checked(const T* page, const float* q,
+                                                   index_t padded_dim, float* sums) {
+  page_bound_rows<A, Rows, false>(page, q, padded_dim, sums);
+  bool any_nan = false;
+  for (int r = 0; r < Rows; ++r) any_nan |= sums[r] != sums[r];
+  if (any_nan) [[unlikely]]
+    page_bound_rows<A, Rows, true>(page, q, padded_dim, sums);
+}
+
 // The score of one page: the maximum bound over `rows` query rows (-inf when there are none).
-template <class A>
-ATTNKIT_ALWAYS_INLINE float page_score(const float* page, const float* q, index_t rows,
+template <class A, class T>
+ATTNKIT_ALWAYS_INLINE float page_score(const T* page, const float* q, index_t rows,
                                        index_t padded_dim) {
   float score = -std::numeric_limits<float>::infinity();
   float sums[4];
   index_t r = 0;
   for (; r + 4 <= rows; r += 4) {
-    page_bound_rows<A, 4>(page, q + r * 2 * padded_dim, padded_dim, sums);
+    page_bound_rows_checked<A, 4>(page, q + r * 2 * padded_dim, padded_dim, sums);
     score = std::max({score, sums[0], sums[1], sums[2], sums[3]});
   }
   const float* tail = q + r * 2 * padded_dim;
   switch (rows - r) {
     case 3:
-      page_bound_rows<A, 3>(page, tail, padded_dim, sums);
+      page_bound_rows_checked<A, 3>(page, tail, padded_dim, sums);
       score = std::max({score, sums[0], sums[1], sums[2]});
       break;
     case 2:
-      page_bound_rows<A, 2>(page, tail, padded_dim, sums);
+      page_bound_rows_checked<A, 2>(page, tail, padded_dim, sums);
       score = std::max({score, sums[0], sums[1]});
       break;
     case 1:
-      page_bound_rows<A, 1>(page, tail, padded_dim, sums);
+      page_bound_rows_checked<A, 1>(page, tail, padded_dim, sums);
       score = std::max(score, sums[0]);
       break;
     default:
