@@ -82,24 +82,6 @@ void evict_caches() {
   });
 }
 
-// Allowed (query, key) pairs of one head under any mask, counted exactly through the mask's own
-// runs (query position p = n_kv - n_q + i).
-template <class Mask>
-double allowed_pairs(const Mask& mask, index_t n_q, index_t n_kv, attnkit::head_index head = 0) {
-  double pairs = 0.0;
-  for (index_t i = 0; i < n_q; ++i)
-    attnkit::detail::for_each_visible_run(mask, n_kv - n_q + i, head, {0, n_kv},
-                                          [&](index_t b, index_t e) { pairs += double(e - b); });
-  return pairs;
-}
-
-template <class Mask>
-double allowed_pairs_all_heads(const Mask& mask, index_t n_q, index_t n_kv, index_t q_heads) {
-  double pairs = 0.0;
-  for (index_t h = 0; h < q_heads; ++h) pairs += allowed_pairs(mask, n_q, n_kv, h);
-  return pairs;
-}
-
 // Times `call` per iteration, optionally evicting the caches (untimed) before each.
 template <class Call>
 double timed(benchmark::State& state, bool cold, Call&& call) {
@@ -153,7 +135,7 @@ void run_prefill(benchmark::State& state, const std::string& name, index_t n, in
                        options);
   });
   seconds_per_call[name] = seconds;
-  const double pairs = allowed_pairs_all_heads(mask, n, n, q_heads);
+  const double pairs = attnkit_bench::allowed_pairs_all_heads(mask, n, n, q_heads);
   const double kept_keys = pairs / double(q_heads) / double(n);  // mean keys per query
   rate_counters(state, pairs * 4.0 * double(head_dim),
                 kept_keys * double(kv_heads * head_dim) * 2.0 * sizeof(float), seconds);
@@ -274,7 +256,7 @@ void bm_decode_window(benchmark::State& state) {
   const decode_inputs& in = long_cache();
   const attnkit::sliding_window mask{window, 0, 4};
   const double seconds = timed(state, true, [&] { in.attend(mask); });
-  const double keys = allowed_pairs(mask, 1, long_n);
+  const double keys = attnkit_bench::allowed_pairs(mask, 1, long_n);
   rate_counters(state, in.flops(keys), in.bytes(keys), seconds);
   const auto full = seconds_per_call.find("decode/full");
   if (full != seconds_per_call.end()) state.counters["speedup"] = full->second / seconds;

@@ -92,11 +92,24 @@ inline index_t visible_keys(attnkit::causal, index_t i, index_t n_q, index_t n_k
   return std::clamp<index_t>(n_kv - n_q + i + 1, 0, n_kv);
 }
 
-// Exact number of allowed (query, key) pairs of one head.
+// Exact number of allowed (query, key) pairs of query head `head` under any mask, counted from
+// the mask's visible runs (query row i sits at position n_kv - n_q + i).
 template <class Mask>
-double allowed_pairs(const Mask& mask, index_t n_q, index_t n_kv) {
+double allowed_pairs(const Mask& mask, index_t n_q, index_t n_kv, attnkit::head_index head = 0) {
   double pairs = 0.0;
-  for (index_t i = 0; i < n_q; ++i) pairs += double(visible_keys(mask, i, n_q, n_kv));
+  for (index_t i = 0; i < n_q; ++i)
+    attnkit::detail::for_each_visible_run(mask, n_kv - n_q + i, head, {0, n_kv},
+                                          [&](index_t b, index_t e) { pairs += double(e - b); });
+  return pairs;
+}
+
+// The same summed over query heads [0, q_heads) (masks may differ per head).
+template <class Mask>
+double allowed_pairs_all_heads(const Mask& mask, index_t n_q, index_t n_kv, index_t q_heads) {
+  if (!attnkit::detail::mask_varies_by_head(mask))
+    return allowed_pairs(mask, n_q, n_kv) * double(q_heads);
+  double pairs = 0.0;
+  for (index_t h = 0; h < q_heads; ++h) pairs += allowed_pairs(mask, n_q, n_kv, h);
   return pairs;
 }
 
@@ -105,7 +118,7 @@ double allowed_pairs(const Mask& mask, index_t n_q, index_t n_kv) {
 template <class Mask>
 double attention_flops(const Mask& mask, index_t n_q, index_t n_kv, index_t q_heads,
                        index_t head_dim) {
-  return allowed_pairs(mask, n_q, n_kv) * 4.0 * double(head_dim) * double(q_heads);
+  return allowed_pairs_all_heads(mask, n_q, n_kv, q_heads) * 4.0 * double(head_dim);
 }
 
 // Bytes of K and V, each read once.

@@ -320,12 +320,8 @@ result_row run_sparse(const machine& m, std::string name, const sparse_problem& 
     attnkit::attention(attnkit::cpu, p.qv(), p.kv(), p.vv(), p.out.view(p.q_tokens, p.q_heads, d),
                        mask);
   });
-  double kept_pairs = 0.0;
-  for (index_t h = 0; h < p.q_heads; ++h)
-    for (index_t i = 0; i < p.q_tokens; ++i)
-      attnkit::detail::for_each_visible_run(
-          mask, p.kv_tokens - p.q_tokens + i, h, {0, p.kv_tokens},
-          [&](index_t b, index_t e) { kept_pairs += double(e - b); });
+  const double kept_pairs =
+      attnkit_bench::allowed_pairs_all_heads(mask, p.q_tokens, p.kv_tokens, p.q_heads);
 
   const index_t checked = std::min<index_t>(p.q_tokens, 32);
   const index_t first = p.q_tokens - checked;

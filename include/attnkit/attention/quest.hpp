@@ -43,11 +43,6 @@
 // exactly as they were.
 #pragma once
 
-// Before anything includes xsimd: it silences GCC 12's false warnings in <immintrin.h>.
-// clang-format off
-#include "attnkit/core/intrinsics.hpp"
-// clang-format on
-
 #include <algorithm>
 #include <cstddef>
 #include <cstdlib>

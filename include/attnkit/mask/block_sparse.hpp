@@ -106,12 +106,6 @@ ATTNKIT_HOST_DEVICE constexpr const index_t* lower_bound_block(const index_t* fi
   return first;
 }
 
-// floor(a / b) for b > 0 and any a (C++ division truncates toward zero).
-ATTNKIT_HOST_DEVICE constexpr index_t floor_div(index_t a, index_t b) noexcept {
-  const index_t q = a / b;
-  return (a % b != 0 && a < 0) ? q - 1 : q;
-}
-
 struct block_layout_filler;
 
 }  // namespace detail

@@ -26,21 +26,6 @@ namespace attnkit {
 
 namespace detail::window {
 
-// Floor and ceiling of a / b for b > 0 (C++ division truncates toward zero).
-ATTNKIT_HOST_DEVICE constexpr index_t floor_div(index_t a, index_t b) noexcept {
-  const index_t quotient = a / b;
-  return (a % b != 0 && a < 0) ? quotient - 1 : quotient;
-}
-ATTNKIT_HOST_DEVICE constexpr index_t ceil_div(index_t a, index_t b) noexcept {
-  const index_t quotient = a / b;
-  return (a % b != 0 && a > 0) ? quotient + 1 : quotient;
-}
-// a mod b in [0, b) for b > 0.
-ATTNKIT_HOST_DEVICE constexpr index_t floor_mod(index_t a, index_t b) noexcept {
-  const index_t remainder = a % b;
-  return remainder < 0 ? remainder + b : remainder;
-}
-
 // The ranges of sliding_window::for_each_key_range, written without overflow for windows as
 // large as the index type.
 template <class F>
@@ -96,8 +81,8 @@ struct sliding_window {
     const bool some_sink = first_key < sinks;
     const index_t lowest = first_query - last_key < -right ? -right : first_query - last_key;
     const index_t highest = last_query - first_key > left ? left : last_query - first_key;
-    const bool some_band = lowest <= highest && detail::window::ceil_div(lowest, dilation) <=
-                                                    detail::window::floor_div(highest, dilation);
+    const bool some_band = lowest <= highest && detail::ceil_div(lowest, dilation) <=
+                                                    detail::floor_div(highest, dilation);
     if (!some_sink && !some_band) return tile_kind::empty;
 
     if (kv.begin < 0 || last_key - first_query > right) return tile_kind::partial;
@@ -140,7 +125,7 @@ struct sliding_window {
       if (begin < sinks_end) visit(begin, sinks_end);
       return;
     }
-    key += detail::window::floor_mod(p - key, dilation);
+    key += detail::floor_mod(p - key, dilation);
     if (begin < sinks_end) {
       // A band key inside the sinks is already visited; one right after them extends the run.
       if (key == sinks_end && key < end) {

@@ -53,6 +53,21 @@ concept attention_mask = requires(const M& mask, position_range range, position 
 
 namespace detail {
 
+// Floor and ceiling of a / b and a mod b in [0, b), for b > 0 and any a: positions relative to a
+// mask's origin may be negative, and C++ division truncates toward zero.
+ATTNKIT_HOST_DEVICE constexpr index_t floor_div(index_t a, index_t b) noexcept {
+  const index_t quotient = a / b;
+  return (a % b != 0 && a < 0) ? quotient - 1 : quotient;
+}
+ATTNKIT_HOST_DEVICE constexpr index_t ceil_div(index_t a, index_t b) noexcept {
+  const index_t quotient = a / b;
+  return (a % b != 0 && a > 0) ? quotient + 1 : quotient;
+}
+ATTNKIT_HOST_DEVICE constexpr index_t floor_mod(index_t a, index_t b) noexcept {
+  const index_t remainder = a % b;
+  return remainder < 0 ? remainder + b : remainder;
+}
+
 struct ignore_run {
   constexpr void operator()(position, position) const noexcept {}
 };

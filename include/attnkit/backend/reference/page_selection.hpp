@@ -14,11 +14,6 @@
 //   members page_size, kv_heads, head_dim, padded_dim, pages.
 #pragma once
 
-// Before anything includes xsimd: it silences GCC 12's false warnings in <immintrin.h>.
-// clang-format off
-#include "attnkit/core/intrinsics.hpp"
-// clang-format on
-
 #include <algorithm>
 #include <cstddef>
 #include <limits>

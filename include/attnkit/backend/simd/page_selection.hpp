@@ -35,11 +35,6 @@
 // reused after, so a decode step allocates nothing.
 #pragma once
 
-// Before anything includes xsimd: it silences GCC 12's false warnings in <immintrin.h>.
-// clang-format off
-#include "attnkit/core/intrinsics.hpp"
-// clang-format on
-
 #include <algorithm>
 #include <bit>
 #include <cstddef>
