@@ -8,6 +8,7 @@
 #include "attnkit/backend/reference/attention.hpp"
 #include "attnkit/backend/simd/attention.hpp"
 #include "attnkit/backend/tags.hpp"
+#include "attnkit/core/paged_kv_view.hpp"
 #include "attnkit/mask/tile.hpp"
 #include "attnkit/parallel/executor.hpp"
 #include "attnkit/parallel/thread_pool.hpp"
@@ -52,6 +53,46 @@ void attention(const Backend& backend, tensor_view<TQ, 3> q, tensor_view<TK, 3> 
                tensor_view<TV, 3> v, tensor_view<TO, 3> out, const Mask& mask,
                const attention_options& options = {}) {
   attention(backend, q, k, v, out, mask, options, parallel::default_thread_pool());
+}
+
+// Softmax attention over one layer of a paged KV cache (core/paged_kv_view.hpp): the same call
+// as above with the cache in place of k and v, read where it lies (no gather).
+//
+//   q    [q_tokens, q_heads, head_dim]   the newest q_tokens tokens of every head
+//   kv   paged_kv_view<const T> (or <T>): kv_heads heads, each with its own length and page table
+//   out  [q_tokens, q_heads, head_dim]
+//
+// Per-head lengths: KV head g holds kv.lengths[g] slots, and query row i of its query heads sits
+// at slot lengths[g] - q_tokens + i (bottom-right aligned per head). Masks, causal alignment and
+// ALiBi distances use slot indices. A head of length 0 gives zeros and log-sum-exp -inf (as does
+// any row that sees no key). The mask's check() and the observer's check() see a shape whose
+// kv_tokens is kv.max_length(), the longest head; an observer's rows of KV head g carry
+// probabilities over that head's lengths[g] keys. Options, types and executors are those of the
+// contiguous call; invalid arguments (shapes against the view, null pointers, page_size < 1,
+// negative lengths, a length beyond page_table_stride · page_size slots, negative page ids)
+// throw attnkit::error before anything is written.
+template <class Backend, class TQ, class TKV, class TO, attention_mask Mask,
+          parallel::executor Executor>
+void attention(const Backend& backend, tensor_view<TQ, 3> q, paged_kv_view<TKV> kv,
+               tensor_view<TO, 3> out, const Mask& mask, const attention_options& options,
+               Executor&& executor) {
+  static_assert(!std::is_same_v<Backend, backend::cuda>,
+                "attnkit::attention: the CUDA kernels for backend::cuda are not implemented yet "
+                "(the tag is declared so engines can be written against it)");
+  const detail::attention_params params =
+      detail::check_paged_attention_arguments("attnkit::attention", q, kv, out, options);
+  detail::check_mask(mask, params.shape());
+  if (params.q_tokens == 0) return;
+  using Q = std::remove_cv_t<TQ>;
+  using KV = std::remove_cv_t<TKV>;
+  const paged_kv_view<const KV> cache = kv;
+  detail::attention_impl(backend, tensor_view<const Q, 3>(q), cache, out, mask, params, executor);
+}
+
+template <class Backend, class TQ, class TKV, class TO, attention_mask Mask>
+void attention(const Backend& backend, tensor_view<TQ, 3> q, paged_kv_view<TKV> kv,
+               tensor_view<TO, 3> out, const Mask& mask, const attention_options& options = {}) {
+  attention(backend, q, kv, out, mask, options, parallel::default_thread_pool());
 }
 
 }  // namespace attnkit

@@ -11,6 +11,7 @@
 #include "attnkit/core/error.hpp"
 #include "attnkit/core/float16.hpp"
 #include "attnkit/core/options.hpp"
+#include "attnkit/core/paged_kv_view.hpp"
 #include "attnkit/core/tensor_view.hpp"
 
 namespace attnkit {
@@ -30,6 +31,38 @@ inline void check_extent(const char* function, const char* what, index_t value,
                          const char* expected_what, index_t expected) {
   require(value == expected, function, ": ", what, " is ", value, " but ", expected_what, " is ",
           expected);
+}
+
+// The options, for a call whose shape fields of `p` are set: resolves them into `p`.
+inline void check_attention_options(const char* function, const attention_options& options,
+                                    attention_params& p) {
+  p.scale = options.scale ? *options.scale : 1.0f / std::sqrt(static_cast<float>(p.head_dim));
+  require(std::isfinite(p.scale) && p.scale >= 0.0f, function, ": scale is ", p.scale,
+          ", it must be finite and non-negative");
+  require(std::isfinite(options.softcap) && options.softcap >= 0.0f, function, ": softcap is ",
+          options.softcap, ", it must be 0 (off) or finite and positive");
+  p.softcap = options.softcap;
+
+  if (!options.alibi_slopes.empty() || options.alibi_slopes.data() != nullptr) {
+    check_extent(function, "alibi_slopes extent 0", options.alibi_slopes.extent(0), "q_heads",
+                 p.q_heads);
+    check_view_data(function, "alibi_slopes", options.alibi_slopes);
+    for (index_t h = 0; h < p.q_heads; ++h)
+      require(std::isfinite(options.alibi_slopes(h)), function, ": alibi_slopes[", h, "] is ",
+              options.alibi_slopes(h), ", slopes must be finite");
+    p.alibi_slopes = options.alibi_slopes.data();
+    p.alibi_stride = options.alibi_slopes.stride(0);
+  }
+  if (!options.log_sum_exp.empty() || options.log_sum_exp.data() != nullptr) {
+    check_extent(function, "log_sum_exp extent 0", options.log_sum_exp.extent(0), "q_heads",
+                 p.q_heads);
+    check_extent(function, "log_sum_exp extent 1", options.log_sum_exp.extent(1), "q tokens",
+                 p.q_tokens);
+    check_view_data(function, "log_sum_exp", options.log_sum_exp);
+    p.log_sum_exp = options.log_sum_exp;
+  }
+  options.observer.check(function, p.shape());
+  p.observer = options.observer;
 }
 
 template <class TQ, class TK, class TV, class TO>
@@ -70,34 +103,92 @@ attention_params check_attention_arguments(const char* function, const tensor_vi
   check_view_data(function, "k", k);
   check_view_data(function, "v", v);
   check_view_data(function, "out", out);
+  check_attention_options(function, options, p);
+  return p;
+}
 
-  p.scale = options.scale ? *options.scale : 1.0f / std::sqrt(static_cast<float>(p.head_dim));
-  require(std::isfinite(p.scale) && p.scale >= 0.0f, function, ": scale is ", p.scale,
-          ", it must be finite and non-negative");
-  require(std::isfinite(options.softcap) && options.softcap >= 0.0f, function, ": softcap is ",
-          options.softcap, ", it must be 0 (off) or finite and positive");
-  p.softcap = options.softcap;
+// A paged cache layer's own fields (core/paged_kv_view.hpp): page_size >= 1, non-negative
+// strides, a length >= 0 per head that fits its page-table row (page_table_stride · page_size
+// slots), non-null pools and page table when any head holds tokens, and the page ids of every
+// slot in use >= 0 (the pool's size is not known here, so an id past its end cannot be caught).
+// Returns the longest head's length.
+template <class TKV>
+index_t check_paged_kv_view(const char* function, const paged_kv_view<TKV>& kv) {
+  require(kv.kv_heads >= 0, function, ": kv.kv_heads is ", kv.kv_heads, ", it must be >= 0");
+  require(kv.page_size >= 1, function, ": kv.page_size is ", kv.page_size, ", it must be >= 1");
+  require(kv.page_table_stride >= 0, function, ": kv.page_table_stride is ", kv.page_table_stride,
+          ", it must be >= 0");
+  require(kv.row_stride >= 0 && kv.page_stride >= 0 && kv.head_stride >= 0, function,
+          ": kv strides (row_stride ", kv.row_stride, ", page_stride ", kv.page_stride,
+          ", head_stride ", kv.head_stride, ") must be >= 0");
+  require(kv.lengths != nullptr || kv.kv_heads == 0, function, ": kv.lengths is null (",
+          kv.kv_heads, " KV heads need a length each)");
+  index_t longest = 0;
+  for (index_t h = 0; h < kv.kv_heads; ++h) {
+    const index_t length = kv.lengths[h];
+    require(length >= 0, function, ": kv.lengths[", h, "] is ", length, ", it must be >= 0");
+    require(length <= kv.page_table_stride * kv.page_size, function, ": kv.lengths[", h, "] is ",
+            length, " but a page-table row holds kv.page_table_stride (", kv.page_table_stride,
+            ") x kv.page_size (", kv.page_size, ") = ", kv.page_table_stride * kv.page_size,
+            " slots");
+    longest = length > longest ? length : longest;
+  }
+  if (longest > 0) {
+    require(kv.keys != nullptr, function, ": kv.keys is null but kv.lengths holds up to ", longest,
+            " tokens");
+    require(kv.values != nullptr, function, ": kv.values is null but kv.lengths holds up to ",
+            longest, " tokens");
+    require(kv.page_table != nullptr, function,
+            ": kv.page_table is null but kv.lengths holds up to ", longest, " tokens");
+    for (index_t h = 0; h < kv.kv_heads; ++h) {
+      const index_t pages = (kv.lengths[h] + kv.page_size - 1) / kv.page_size;
+      for (index_t i = 0; i < pages; ++i) {
+        const page_id page = kv.page_table[h * kv.page_table_stride + i];
+        require(page >= 0, function, ": kv.page_table[", h, " * ", kv.page_table_stride, " + ", i,
+                "] (head ", h, ", page ", i, ") is ", page, ", page ids must be >= 0");
+      }
+    }
+  }
+  return longest;
+}
 
-  if (!options.alibi_slopes.empty() || options.alibi_slopes.data() != nullptr) {
-    check_extent(function, "alibi_slopes extent 0", options.alibi_slopes.extent(0), "q_heads",
-                 p.q_heads);
-    check_view_data(function, "alibi_slopes", options.alibi_slopes);
-    for (index_t h = 0; h < p.q_heads; ++h)
-      require(std::isfinite(options.alibi_slopes(h)), function, ": alibi_slopes[", h, "] is ",
-              options.alibi_slopes(h), ", slopes must be finite");
-    p.alibi_slopes = options.alibi_slopes.data();
-    p.alibi_stride = options.alibi_slopes.stride(0);
-  }
-  if (!options.log_sum_exp.empty() || options.log_sum_exp.data() != nullptr) {
-    check_extent(function, "log_sum_exp extent 0", options.log_sum_exp.extent(0), "q_heads",
-                 p.q_heads);
-    check_extent(function, "log_sum_exp extent 1", options.log_sum_exp.extent(1), "q tokens",
-                 p.q_tokens);
-    check_view_data(function, "log_sum_exp", options.log_sum_exp);
-    p.log_sum_exp = options.log_sum_exp;
-  }
-  options.observer.check(function, p.shape());
-  p.observer = options.observer;
+// A paged cache layer (core/paged_kv_view.hpp) with queries and output. The returned params have
+// kv_tokens = the longest head (kv.max_length()): the shape masks and observers are checked
+// against, and the stride of the kernels' observed rows.
+template <class TQ, class TKV, class TO>
+attention_params check_paged_attention_arguments(const char* function, const tensor_view<TQ, 3>& q,
+                                                 const paged_kv_view<TKV>& kv,
+                                                 const tensor_view<TO, 3>& out,
+                                                 const attention_options& options) {
+  static_assert(is_storage_type_v<std::remove_cv_t<TQ>>, "q must hold float, half or bfloat16");
+  static_assert(is_storage_type_v<std::remove_cv_t<TKV>>,
+                "the paged cache must hold float, half or bfloat16");
+  static_assert(is_storage_type_v<TO>, "out must be a mutable view of float, half or bfloat16");
+
+  attention_params p;
+  p.q_tokens = q.extent(0);
+  p.q_heads = q.extent(1);
+  p.head_dim = q.extent(2);
+  p.kv_heads = kv.kv_heads;
+
+  require(p.head_dim >= 1 && p.head_dim <= max_head_dim, function, ": head_dim (q extent 2) is ",
+          p.head_dim, ", supported head dims are 1..", max_head_dim);
+  check_extent(function, "kv.head_dim", kv.head_dim, "q head_dim", p.head_dim);
+  require(p.q_heads >= 1, function, ": q_heads (q extent 1) is ", p.q_heads,
+          ", at least one head is needed");
+  require(p.kv_heads >= 1, function, ": kv.kv_heads is ", p.kv_heads,
+          ", at least one head is needed");
+  require(p.q_heads % p.kv_heads == 0, function, ": q_heads (", p.q_heads,
+          ") is not a multiple of kv.kv_heads (", p.kv_heads, ")");
+  p.group_size = p.q_heads / p.kv_heads;
+  check_extent(function, "out tokens (extent 0)", out.extent(0), "q tokens", p.q_tokens);
+  check_extent(function, "out heads (extent 1)", out.extent(1), "q_heads", p.q_heads);
+  check_extent(function, "out head_dim (extent 2)", out.extent(2), "q head_dim", p.head_dim);
+  check_view_data(function, "q", q);
+  check_view_data(function, "out", out);
+
+  p.kv_tokens = check_paged_kv_view(function, kv);
+  check_attention_options(function, options, p);
   return p;
 }
 

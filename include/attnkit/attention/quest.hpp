@@ -17,6 +17,17 @@
 //   attnkit::quest_select(attnkit::cpu, q, bounds, 256, layout);     // 256 pages = 4096 tokens
 //   attnkit::attention(attnkit::cpu, q, k, v, out, attnkit::block_sparse{layout});
 //
+// Paged caches (core/paged_kv_view.hpp). page_bounds::update(backend, paged view, first_slots)
+// computes the bounds of each head from its own slots through the page table; the heads may hold
+// different lengths (tokens(h)). Quest pages are pages of slots, so any Quest page size works
+// with any cache page size; when they are equal a Quest page is a cache page. quest_select then
+// keeps min(top_pages, pages(h)) pages per head (its last page always; none for an empty head),
+// and the layout serves attention() on the paged view:
+//
+//   bounds.update(attnkit::cpu, cache.view(layer), lengths_before_append);
+//   attnkit::quest_select(attnkit::cpu, q, bounds, 256, layout);
+//   attnkit::attention(attnkit::cpu, q, cache.view(layer), out, attnkit::block_sparse{layout});
+//
 // Storage type. A decode step's selection streams every page's bounds (2 · head_dim values per
 // page and KV head, 1/8 of fp16 K and V at pages of 16), which makes it the largest part of a
 // Quest step; page_bounds<half> or page_bounds<bfloat16> halve that stream against the default
@@ -54,12 +65,14 @@
 #include <utility>
 #include <vector>
 
+#include "attnkit/attention/check.hpp"
 #include "attnkit/backend/reference/page_selection.hpp"
 #include "attnkit/backend/simd/page_selection.hpp"
 #include "attnkit/backend/tags.hpp"
 #include "attnkit/core/directed_rounding.hpp"
 #include "attnkit/core/error.hpp"
 #include "attnkit/core/float16.hpp"
+#include "attnkit/core/paged_kv_view.hpp"
 #include "attnkit/core/tensor_view.hpp"
 #include "attnkit/mask/block_sparse.hpp"
 #include "attnkit/parallel/executor.hpp"
@@ -153,8 +166,15 @@ class page_bounds {
   index_t head_dim() const noexcept { return head_dim_; }
   index_t padded_head_dim() const noexcept { return padded_dim_; }
   index_t capacity_tokens() const noexcept { return capacity_tokens_; }
+  // Tokens covered: the longest head's (every head's, after a contiguous update).
   index_t tokens() const noexcept { return tokens_; }
+  // Tokens covered in one KV head (they differ after a paged update of a cache whose heads hold
+  // different lengths).
+  index_t tokens(index_t kv_head) const noexcept {
+    return head_tokens_.empty() ? tokens_ : head_tokens_[static_cast<std::size_t>(kv_head)];
+  }
   index_t pages() const noexcept { return pages_for(tokens_); }
+  index_t pages(index_t kv_head) const noexcept { return pages_for(tokens(kv_head)); }
 
   // Rows of head_dim values (padded_head_dim() allocated), for page < pages().
   const T* min(index_t kv_head, index_t page) const noexcept {
@@ -186,9 +206,11 @@ class page_bounds {
     detail::require(tokens <= capacity_tokens_, function, ": k has ", tokens,
                     " tokens (extent 0), over the bounds' capacity of ", capacity_tokens_,
                     " tokens");
-    detail::require(first_token >= 0 && first_token <= tokens_, function, ": first_token is ",
-                    first_token, " but the bounds hold ", tokens_,
-                    " tokens; it must be in [0, tokens()]");
+    const index_t held = shortest_head();
+    detail::require(first_token >= 0 && first_token <= held, function, ": first_token is ",
+                    first_token, " but the bounds hold ", held,
+                    held == tokens_ ? " tokens; it must be in [0, tokens()]"
+                                    : " tokens in their shortest head; it must be in [0, that]");
     detail::require(first_token <= tokens, function, ": first_token is ", first_token,
                     " but k has only ", tokens, " tokens");
     detail::require(k.data() != nullptr || k.empty(), function, ": k has null data but ", k.size(),
@@ -198,12 +220,82 @@ class page_bounds {
     detail::page_bounds_update_impl(backend, tensor_view<const K, 3>(k), first_page, end_page,
                                     rows(end_page), executor);
     tokens_ = tokens;
+    head_tokens_.clear();
   }
 
   template <class Backend, class TK>
   void update(const Backend& backend, tensor_view<TK, 3> k, index_t first_token = 0) {
     update(backend, k, first_token, parallel::default_thread_pool());
   }
+
+  // The same from one layer of a paged cache (core/paged_kv_view.hpp) whose heads may hold
+  // different lengths: for every KV head h, recomputes the pages touched by slots
+  // [first_slots[h], kv.lengths[h]), after which tokens(h) == kv.lengths[h] (and tokens() is the
+  // longest head's). Slots are what the bounds index: Quest page p of head h covers slots
+  // [p·page_size, (p+1)·page_size) of that head, read through the page table, so any Quest page
+  // size works with any cache page size. With equal sizes a Quest page is exactly a cache page;
+  // with a Quest page a multiple of the cache's, each Quest page reads whole cache pages. An
+  // engine appending one token to every head passes each head's length before the append; after
+  // an eviction that rewrote a head's slots from s on, it passes s for that head (0 rebuilds
+  // it). first_slots[h] must be in [0, min(tokens(h), kv.lengths[h])]; shorter lengths
+  // truncate. The view is validated as attention() validates it.
+  template <class Backend, class TK, parallel::executor E>
+  void update(const Backend& backend, paged_kv_view<TK> kv, std::span<const index_t> first_slots,
+              E&& executor) {
+    using K = std::remove_cv_t<TK>;
+    static_assert(is_storage_type_v<K>,
+                  "attnkit::page_bounds::update: the cache must hold float, half or bfloat16");
+    static_assert(!std::is_same_v<Backend, backend::cuda>,
+                  "attnkit::page_bounds::update: no CUDA kernel yet");
+    constexpr const char* function = "attnkit::page_bounds::update";
+    detail::require(kv.head_dim == head_dim_, function, ": kv.head_dim is ", kv.head_dim,
+                    " but the bounds have head_dim ", head_dim_);
+    detail::require(kv.kv_heads == kv_heads_, function, ": kv.kv_heads is ", kv.kv_heads,
+                    " but the bounds have kv_heads ", kv_heads_);
+    detail::check_paged_kv_view(function, kv);
+    detail::require(static_cast<index_t>(first_slots.size()) == kv_heads_, function,
+                    ": first_slots has ", first_slots.size(), " entries but there are ", kv_heads_,
+                    " KV heads");
+    for (index_t h = 0; h < kv_heads_; ++h) {
+      const index_t length = kv.lengths[h];
+      const index_t first = first_slots[static_cast<std::size_t>(h)];
+      detail::require(length <= capacity_tokens_, function, ": kv.lengths[", h, "] is ", length,
+                      ", over the bounds' capacity of ", capacity_tokens_, " tokens");
+      detail::require(first >= 0 && first <= tokens(h) && first <= length, function,
+                      ": first_slots[", h, "] is ", first, " but head ", h, " has ", tokens(h),
+                      " tokens in the bounds and ", length,
+                      " in the cache; it must be in [0, the smaller]");
+    }
+    index_t longest = 0;
+    std::vector<index_t> first_pages(static_cast<std::size_t>(kv_heads_));
+    for (index_t h = 0; h < kv_heads_; ++h) {
+      longest = std::max(longest, kv.lengths[h]);
+      first_pages[static_cast<std::size_t>(h)] =
+          first_slots[static_cast<std::size_t>(h)] / page_size_;
+    }
+    // Reserve before writing anything, so a failed allocation leaves the bounds as they were.
+    head_tokens_.reserve(static_cast<std::size_t>(kv_heads_));
+    const paged_kv_view<const K> cache = kv;
+    detail::page_bounds_update_impl(backend, cache, first_pages.data(), rows(pages_for(longest)),
+                                    executor);
+    head_tokens_.assign(kv.lengths, kv.lengths + kv_heads_);
+    tokens_ = longest;
+  }
+
+  template <class Backend, class TK>
+  void update(const Backend& backend, paged_kv_view<TK> kv, std::span<const index_t> first_slots) {
+    update(backend, kv, first_slots, parallel::default_thread_pool());
+  }
+
+  // Rebuilds every page of every head from the cache.
+  template <class Backend, class TK>
+  void update(const Backend& backend, paged_kv_view<TK> kv) {
+    const std::vector<index_t> zeros(static_cast<std::size_t>(kv_heads_), 0);
+    update(backend, kv, zeros, parallel::default_thread_pool());
+  }
+
+  // True when every head covers the same tokens (always, after a contiguous update).
+  bool uniform() const noexcept { return shortest_head() == tokens_; }
 
  private:
   friend struct detail::page_bounds_access;
@@ -219,6 +311,11 @@ class page_bounds {
     return (tokens + page_size_ - 1) / page_size_;
   }
 
+  index_t shortest_head() const noexcept {
+    if (head_tokens_.empty()) return tokens_;
+    return *std::min_element(head_tokens_.begin(), head_tokens_.end());
+  }
+
   struct free_deleter {
     void operator()(T* p) const noexcept { std::free(p); }
   };
@@ -230,6 +327,7 @@ class page_bounds {
   index_t padded_dim_ = 0;
   index_t capacity_pages_ = 0;
   index_t tokens_ = 0;
+  std::vector<index_t> head_tokens_;  // per KV head after a paged update; empty: all tokens_
   std::unique_ptr<T, free_deleter> storage_;
 };
 
@@ -242,6 +340,56 @@ struct page_bounds_access {
 };
 }  // namespace detail
 
+namespace detail {
+// quest_select for bounds whose heads cover different lengths (a paged update): each head h
+// scores only its own pages(h), keeps min(top_pages, pages(h)) of them (its last page always, none
+// for an empty head), one backend selection per head. The layout's single block row must hold
+// every head's queries, which sit at slots tokens(h) - q_tokens + i: it starts at the shortest
+// head's first query and ends at the longest head's last.
+template <class Backend, class Q, class T, class E>
+void quest_select_per_head(const Backend& backend, tensor_view<const Q, 3> q,
+                           const page_bounds<T>& bounds, index_t top_pages, block_layout& layout,
+                           E& executor) {
+  const index_t kv_heads = bounds.kv_heads();
+  const index_t group = q.extent(1) / kv_heads;
+  const index_t q_tokens = q.extent(0);
+  quest_layout_scratch& scratch = quest_scratch();
+  scratch.row_offsets.resize(static_cast<std::size_t>(kv_heads + 1));
+  scratch.row_offsets[0] = 0;
+  index_t shortest = bounds.tokens();
+  for (index_t h = 0; h < kv_heads; ++h) {
+    const index_t kept = std::min(top_pages, bounds.pages(h));
+    scratch.row_offsets[static_cast<std::size_t>(h + 1)] =
+        scratch.row_offsets[static_cast<std::size_t>(h)] + kept;
+    shortest = std::min(shortest, bounds.tokens(h));
+  }
+  scratch.columns.resize(static_cast<std::size_t>(scratch.row_offsets.back()));
+  const page_bounds_rows<T> all = page_bounds_access::rows(bounds);
+  for (index_t h = 0; h < kv_heads; ++h) {
+    const index_t offset = scratch.row_offsets[static_cast<std::size_t>(h)];
+    const index_t kept = scratch.row_offsets[static_cast<std::size_t>(h + 1)] - offset;
+    if (kept == 0) continue;
+    page_bounds_rows<T> head_rows = all;
+    head_rows.data = all.min_row(h, 0);
+    head_rows.kv_heads = 1;
+    head_rows.pages = bounds.pages(h);
+    const tensor_view<const Q, 3> head_q(q.row(0, h * group), {q_tokens, group, q.extent(2)},
+                                         q.strides());
+    quest_select_impl(backend, head_q, head_rows, kept, scratch.columns.data() + offset, executor);
+  }
+
+  block_layout_shape shape;
+  shape.first_position = shortest - q_tokens;
+  shape.query_block = std::max<index_t>(1, bounds.tokens() - shape.first_position);
+  shape.key_block = bounds.page_size();
+  shape.query_blocks = 1;
+  shape.key_blocks = bounds.pages();
+  shape.layouts = kv_heads;
+  shape.query_heads_per_layout = group;
+  layout.assign(shape, scratch.row_offsets, scratch.columns);
+}
+}  // namespace detail
+
 // Selects, for every KV head, the pages whose Quest bound is largest for q
 // [q_tokens, q_heads, head_dim] (the newest q_tokens tokens of the cache) and writes them to
 // `layout`:
@@ -251,7 +399,10 @@ struct page_bounds_access {
 //   top_pages >= pages() keeps every page (block_sparse attention then equals full attention).
 // The layout: key_block = page_size, key_blocks = pages, one layout per KV head
 // (query_heads_per_layout = q_heads / kv_heads), one block row of max(1, q_tokens) queries
-// starting at position tokens - q_tokens. It serves attention over the same cache with causal
+// starting at position tokens - q_tokens. After a paged update whose heads differ in length, each
+// head h scores only its pages(h) pages and keeps min(top_pages, pages(h)) (none when empty), and
+// the block row spans from the shortest head's first query to the longest head's last (each
+// head's queries sit at its own last slots). It serves attention over the same cache with causal
 // or full masking composed as the caller wishes. Runs on `executor`; the overload without one
 // uses parallel::default_thread_pool(). The bounds may be stored in any T: the kernels widen them
 // to fp32 (SIMD) or fp64 (reference) as they read them.
@@ -281,6 +432,11 @@ void quest_select(const Backend& backend, tensor_view<TQ, 3> q, const page_bound
   detail::require(q.data() != nullptr || q.empty(), function, ": q has null data but ", q.size(),
                   " elements");
 
+  if (!bounds.uniform()) {
+    detail::quest_select_per_head(backend, tensor_view<const Q, 3>(q), bounds, top_pages, layout,
+                                  executor);
+    return;
+  }
   const index_t pages = bounds.pages();
   const index_t kept = top_pages < pages ? top_pages : pages;
   detail::quest_layout_scratch& scratch = detail::quest_scratch();

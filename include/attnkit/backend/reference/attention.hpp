@@ -17,6 +17,7 @@
 #include "attnkit/core/float16.hpp"
 #include "attnkit/core/observer.hpp"
 #include "attnkit/core/options.hpp"
+#include "attnkit/core/paged_kv_view.hpp"
 #include "attnkit/core/tensor_view.hpp"
 #include "attnkit/mask/tile.hpp"
 
@@ -36,29 +37,34 @@ T round_from_double(double x) {
   return from_float<T>(f);
 }
 
-template <class TQ, class TK, class TV, class TO, class Mask, class Executor>
-void attention_impl(backend::reference, tensor_view<const TQ, 3> q, tensor_view<const TK, 3> k,
-                    tensor_view<const TV, 3> v, tensor_view<TO, 3> out, const Mask& mask,
-                    const attention_params& p, Executor& executor) {
+// The oracle for one call, over any K/V storage: `length(g)` keys for KV head g, whose element
+// c of slot j is key(g, j, c) / value(g, j, c). Query row i of KV head g's query heads sits at
+// slot length(g) - q_tokens + i (bottom-right aligned per head; for a contiguous K/V pair every
+// head has kv_tokens and this is p.query_position(i)).
+template <class TQ, class TO, class Mask, class Executor, class Length, class Key, class Value>
+void reference_attention(tensor_view<const TQ, 3> q, tensor_view<TO, 3> out, const Mask& mask,
+                         const attention_params& p, Executor& executor, Length&& length, Key&& key,
+                         Value&& value) {
   const index_t d = p.head_dim;
   const index_t observed_first = p.observed_first_token();
   // One item per KV head: each writes only its group's output and LSE rows, and delivers its
   // observed rows in order on one thread (the observer contract).
   executor(static_cast<std::size_t>(p.kv_heads), [&](std::size_t item) {
     const index_t kv_h = static_cast<index_t>(item);
-    std::vector<double> logits(static_cast<std::size_t>(p.kv_tokens));
+    const index_t kv_tokens = length(kv_h);
+    std::vector<double> logits(static_cast<std::size_t>(kv_tokens));
     std::vector<double> acc(static_cast<std::size_t>(d));
-    std::vector<float> probabilities(static_cast<std::size_t>(p.kv_tokens));
+    std::vector<float> probabilities(static_cast<std::size_t>(kv_tokens));
     for (index_t h = kv_h * p.group_size; h < (kv_h + 1) * p.group_size; ++h) {
       for (index_t i = 0; i < p.q_tokens; ++i) {
-        const position q_pos = p.query_position(i);
+        const position q_pos = kv_tokens - p.q_tokens + i;
         double row_max = -std::numeric_limits<double>::infinity();
-        for (index_t j = 0; j < p.kv_tokens; ++j) {
+        for (index_t j = 0; j < kv_tokens; ++j) {
           double s = -std::numeric_limits<double>::infinity();
           if (mask.allows(q_pos, j, h)) {
             double dot = 0.0;
             for (index_t c = 0; c < d; ++c)
-              dot += double(to_float(q(i, h, c))) * double(to_float(k(j, kv_h, c)));
+              dot += double(to_float(q(i, h, c))) * double(to_float(key(kv_h, j, c)));
             s = double(p.scale) * dot;
             if (p.softcap > 0.0f) s = double(p.softcap) * std::tanh(s / double(p.softcap));
             if (p.alibi_slopes != nullptr) {
@@ -72,13 +78,13 @@ void attention_impl(backend::reference, tensor_view<const TQ, 3> q, tensor_view<
         for (auto& a : acc) a = 0.0;
         double sum = 0.0;
         if (row_max != -std::numeric_limits<double>::infinity()) {
-          for (index_t j = 0; j < p.kv_tokens; ++j) {
+          for (index_t j = 0; j < kv_tokens; ++j) {
             const double s = logits[static_cast<std::size_t>(j)];
             if (s == -std::numeric_limits<double>::infinity()) continue;
             const double w = std::exp(s - row_max);
             sum += w;
             for (index_t c = 0; c < d; ++c)
-              acc[static_cast<std::size_t>(c)] += w * double(to_float(v(j, kv_h, c)));
+              acc[static_cast<std::size_t>(c)] += w * double(to_float(value(kv_h, j, c)));
           }
         }
         // A row that sees no key is defined as zeros with log-sum-exp -inf (never 0/0 = NaN).
@@ -89,7 +95,7 @@ void attention_impl(backend::reference, tensor_view<const TQ, 3> q, tensor_view<
           p.log_sum_exp(h, i) = sum > 0.0 ? static_cast<float>(row_max + std::log(sum))
                                           : -std::numeric_limits<float>::infinity();
         if (p.observer && i >= observed_first) {
-          for (index_t j = 0; j < p.kv_tokens; ++j) {
+          for (index_t j = 0; j < kv_tokens; ++j) {
             const double s = logits[static_cast<std::size_t>(j)];
             probabilities[static_cast<std::size_t>(j)] =
                 sum > 0.0 && s != -std::numeric_limits<double>::infinity()
@@ -101,6 +107,27 @@ void attention_impl(backend::reference, tensor_view<const TQ, 3> q, tensor_view<
       }
     }
   });
+}
+
+template <class TQ, class TK, class TV, class TO, class Mask, class Executor>
+void attention_impl(backend::reference, tensor_view<const TQ, 3> q, tensor_view<const TK, 3> k,
+                    tensor_view<const TV, 3> v, tensor_view<TO, 3> out, const Mask& mask,
+                    const attention_params& p, Executor& executor) {
+  reference_attention(
+      q, out, mask, p, executor, [&](index_t) { return p.kv_tokens; },
+      [&](index_t g, index_t j, index_t c) { return k(j, g, c); },
+      [&](index_t g, index_t j, index_t c) { return v(j, g, c); });
+}
+
+// A paged cache: slot j of KV head g through the view's own addressing (its page table).
+template <class TQ, class TKV, class TO, class Mask, class Executor>
+void attention_impl(backend::reference, tensor_view<const TQ, 3> q,
+                    const paged_kv_view<const TKV>& kv, tensor_view<TO, 3> out, const Mask& mask,
+                    const attention_params& p, Executor& executor) {
+  reference_attention(
+      q, out, mask, p, executor, [&](index_t g) { return kv.length(g); },
+      [&](index_t g, index_t j, index_t c) { return kv.key(g, j)[c]; },
+      [&](index_t g, index_t j, index_t c) { return kv.value(g, j)[c]; });
 }
 
 }  // namespace detail

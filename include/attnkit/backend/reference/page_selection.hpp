@@ -23,6 +23,7 @@
 #include "attnkit/backend/tags.hpp"
 #include "attnkit/core/directed_rounding.hpp"
 #include "attnkit/core/float16.hpp"
+#include "attnkit/core/paged_kv_view.hpp"
 #include "attnkit/core/tensor_view.hpp"
 
 namespace attnkit {
@@ -51,6 +52,35 @@ void page_bounds_update_impl(backend::reference, tensor_view<const TK, 3> k, ind
         }
         // A zero bound is stored as +0 (x + 0 maps -0 to +0), whichever zero the keys held
         // and in whichever order: the SIMD kernel's min/max pick between ±0 differently.
+        lo[c] = detail::round_down<T>(mn + 0.0f);
+        hi[c] = detail::round_up<T>(mx + 0.0f);
+      }
+    }
+  }
+}
+
+// The same for a paged cache (core/paged_kv_view.hpp): pages [first_pages[h], end) of every KV
+// head h, end covering its kv.lengths[h] slots, read slot by slot through the view.
+template <class TK, class Rows, class Executor>
+void page_bounds_update_impl(backend::reference, const paged_kv_view<const TK>& kv,
+                             const index_t* first_pages, const Rows& bounds, Executor&) {
+  using T = typename Rows::value_type;
+  for (index_t h = 0; h < bounds.kv_heads; ++h) {
+    const index_t tokens = kv.length(h);
+    const index_t end_page = (tokens + bounds.page_size - 1) / bounds.page_size;
+    for (index_t p = first_pages[h]; p < end_page; ++p) {
+      const index_t begin = p * bounds.page_size;
+      const index_t end = std::min(begin + bounds.page_size, tokens);
+      T* lo = bounds.min_row(h, p);
+      T* hi = bounds.max_row(h, p);
+      for (index_t c = 0; c < bounds.head_dim; ++c) {
+        float mn = to_float(kv.key(h, begin)[c]);
+        float mx = mn;
+        for (index_t t = begin + 1; t < end; ++t) {
+          const float x = to_float(kv.key(h, t)[c]);
+          mn = std::min(mn, x);
+          mx = std::max(mx, x);
+        }
         lo[c] = detail::round_down<T>(mn + 0.0f);
         hi[c] = detail::round_up<T>(mx + 0.0f);
       }

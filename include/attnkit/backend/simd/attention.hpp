@@ -18,12 +18,14 @@
 
 #include "attnkit/backend/simd/column_tile.hpp"
 #include "attnkit/backend/simd/convert.hpp"
+#include "attnkit/backend/simd/key_source.hpp"
 #include "attnkit/backend/simd/row_tile.hpp"
 #include "attnkit/backend/simd/scratch.hpp"
 #include "attnkit/backend/tags.hpp"
 #include "attnkit/core/float16.hpp"
 #include "attnkit/core/observer.hpp"
 #include "attnkit/core/options.hpp"
+#include "attnkit/core/paged_kv_view.hpp"
 #include "attnkit/core/simd_include.hpp"
 #include "attnkit/core/tensor_view.hpp"
 #include "attnkit/mask/key_spans.hpp"
@@ -53,9 +55,10 @@ struct work_plan {
 };
 
 // The tile shape and kernel for a call; the number of key splits is decided by the driver, once
-// it knows how many keys the mask leaves to visit.
+// it knows how many keys the mask leaves to visit. `heads_differ`: the mask varies by head or
+// the KV heads have their own lengths (a paged cache), so each job must read one head's keys.
 template <class A>
-work_plan plan_tiles(const attention_params& p, bool mask_varies_by_head) {
+work_plan plan_tiles(const attention_params& p, bool heads_differ) {
   constexpr index_t width = xsimd::batch<float, A>::size;
   work_plan plan;
   const index_t group = p.group_size;
@@ -66,7 +69,7 @@ work_plan plan_tiles(const attention_params& p, bool mask_varies_by_head) {
   // keys: then each head must read only its own.
   plan.row_kernel = p.q_tokens * group < width;
   if (plan.row_kernel) {
-    plan.kv_heads_per_job = mask_varies_by_head ? 1 : p.kv_heads;
+    plan.kv_heads_per_job = heads_differ ? 1 : p.kv_heads;
     plan.tile_tokens = p.q_tokens;
     plan.padded_rows = round_up(plan.kv_heads_per_job * group * p.q_tokens, width);
     plan.max_span_keys = row_key_block(plan.kv_heads_per_job, plan.padded_dim);
@@ -158,26 +161,29 @@ void run_tile(bool row_kernel, const tile_context<TKV>& context, const tile_job&
 // 2^(s - lse2) in place and delivers it, one KV head per work item (so the rows of one KV head
 // arrive in order on one thread, as core/observer.hpp promises). The kernels wrote a logit for
 // every key of their spans; the row's exact visible runs are a subset of those, and every other
-// key gets probability 0 here, so the buffer never needs clearing beforehand.
-template <class A, class Mask, class Executor>
-void deliver_observed_rows(const attention_params& p, const Mask& mask, float* observed_logits,
-                           const float* observed_lse2, Executor& executor) {
+// key gets probability 0 here, so the buffer never needs clearing beforehand. Rows are
+// `row_stride` floats apart; a KV head's rows hold its own length's keys (kv.length).
+template <class A, class TKV, class Mask, class Executor>
+void deliver_observed_rows(const attention_params& p, const kv_source<TKV>& kv, const Mask& mask,
+                           float* observed_logits, const float* observed_lse2, index_t row_stride,
+                           Executor& executor) {
   using batch = xsimd::batch<float, A>;
   constexpr index_t width = batch::size;
   const index_t first = p.observed_first_token();
-  const index_t n = p.kv_tokens;
   executor(static_cast<std::size_t>(p.kv_heads), [&](std::size_t item) {
     const index_t kv_head = static_cast<index_t>(item);
+    const index_t n = kv.length(kv_head, p.kv_tokens);
+    const index_t first_position = n - p.q_tokens;  // the head's query_position(0)
     for (index_t t = first; t < p.q_tokens; ++t) {
       for (index_t g = 0; g < p.group_size; ++g) {
         const index_t head = kv_head * p.group_size + g;
         const index_t slot = (t - first) * p.q_heads + head;
-        float* row = observed_logits + slot * n;
+        float* row = observed_logits + slot * row_stride;
         const float lse2 = observed_lse2[slot];
         index_t next = 0;  // keys before `next` are done
         if (lse2 != -std::numeric_limits<float>::infinity()) {
           for_each_visible_run(
-              mask, p.query_position(t), head, position_range{0, n},
+              mask, first_position + t, head, position_range{0, n},
               [&](position begin, position end) {
                 std::fill(row + next, row + begin, 0.0f);
                 index_t j = begin;
@@ -195,11 +201,14 @@ void deliver_observed_rows(const attention_params& p, const Mask& mask, float* o
 }
 
 template <class A, class TQ, class TKV, class TO, class Mask, class Executor>
-void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
-                   tensor_view<const TKV, 3> v, tensor_view<TO, 3> out, const Mask& mask,
-                   const attention_params& p, Executor& executor) {
+void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_view<TO, 3> out,
+                   const Mask& mask, const attention_params& p, Executor& executor) {
   const std::size_t threads = parallel::concurrency_of(executor);
-  work_plan plan = plan_tiles<A>(p, mask_varies_by_head(mask));
+  // Per-head lengths (a paged cache): p.kv_tokens is the longest head, and every job runs one KV
+  // head with that head's own parameters (its length as kv_tokens, so its queries sit at its own
+  // last slots); otherwise every job shares p.
+  const bool per_head_lengths = kv.lengths != nullptr;
+  work_plan plan = plan_tiles<A>(p, mask_varies_by_head(mask) || per_head_lengths);
   const index_t rp = plan.padded_rows;
   const index_t dp = plan.padded_dim;
   const index_t group = p.group_size;
@@ -218,17 +227,28 @@ void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
     job.tokens = std::min(plan.tile_tokens, p.q_tokens - job.token_begin);
     return job;
   };
-  auto visited_keys = [&](const tile_job& job) {
-    return count_visited_keys(mask, query_range(p, job), job.kv_head * group, job.kv_heads * group,
-                              0, p.kv_tokens);
+  // The parameters of a job's KV head: p itself, or (per-head lengths) a copy in `storage` with
+  // the head's length.
+  auto params_of = [&](const tile_job& job, attention_params& storage) -> const attention_params& {
+    if (!per_head_lengths) return p;
+    storage = p;
+    storage.kv_tokens = kv.lengths[job.kv_head];
+    return storage;
+  };
+  auto visited_keys = [&](const tile_job& job, const attention_params& jp) {
+    return count_visited_keys(mask, query_range(jp, job), job.kv_head * group, job.kv_heads * group,
+                              0, jp.kv_tokens);
   };
 
   // Split-KV: only when there are too few tiles for the threads (decode, above all), and by
   // visited keys, so a windowed or sparse decode splits its real work, not the empty range.
   index_t max_visited = 0;
   if (base_items < 4 * static_cast<index_t>(threads))
-    for (index_t base = 0; base < base_items; ++base)
-      max_visited = std::max(max_visited, visited_keys(job_for(base)));
+    for (index_t base = 0; base < base_items; ++base) {
+      const tile_job job = job_for(base);
+      attention_params storage;
+      max_visited = std::max(max_visited, visited_keys(job, params_of(job, storage)));
+    }
   plan.splits = choose_splits(plan, base_items, max_visited, threads);
 
   // Call-lifetime buffers: split partial results, one slot per (tile, split) holding normalised
@@ -247,11 +267,12 @@ void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
   float* observed_lse2 =
       observed_rows > 0 ? observed_logits + observed_rows * p.kv_tokens : nullptr;
 
-  tile_context<TKV> context{k, v, &p, dp, rp};
+  tile_context<TKV> context{kv.k, kv.v, &p, dp, rp};
   context.mask = &mask;
   context.mask_row = &mask_row<Mask>;
   context.observed_logits = observed_logits;
   context.observed_first_token = observed_first;
+  context.observed_stride = p.kv_tokens;
   const float q_multiplier = query_multiplier(p);
 
   const index_t kernel_scratch = plan.row_kernel
@@ -268,6 +289,8 @@ void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
     const index_t split = static_cast<index_t>(item) % plan.splits;
     tile_job job = job_for(base);
     const index_t rows = job.rows(group);
+    attention_params storage;
+    const attention_params& jp = params_of(job, storage);
 
     float* q_rows = item_scratch().reserve(static_cast<std::size_t>(item_floats));
     float* o_rows = q_rows + rp * dp;
@@ -278,16 +301,16 @@ void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
     auto* spans = reinterpret_cast<key_span*>(q_rows + (item_floats - span_floats));
 
     // This split's share of the visited keys, cut at multiples of fine_keys.
-    index_t skip = 0, take = p.kv_tokens;
+    index_t skip = 0, take = jp.kv_tokens;
     if (plan.splits > 1) {
-      const index_t total = visited_keys(job);
+      const index_t total = visited_keys(job, jp);
       const index_t share = round_up((total + plan.splits - 1) / plan.splits, fine_keys);
       skip = std::min(total, split * share);
       take = std::min(total - skip, share);
     }
     job.spans = spans;
-    job.span_count = take > 0 ? collect_key_spans(mask, query_range(p, job), job.kv_head * group,
-                                                  job.kv_heads * group, 0, p.kv_tokens,
+    job.span_count = take > 0 ? collect_key_spans(mask, query_range(jp, job), job.kv_head * group,
+                                                  job.kv_heads * group, 0, jp.kv_tokens,
                                                   plan.max_span_keys, skip, take, spans)
                               : 0;
 
@@ -296,7 +319,13 @@ void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
         stage_rows<A>(q.row(job.token_begin + t, (job.kv_head + h) * group), q.stride(1),
                       q.stride(2), group, p.head_dim, q_rows + (h * job.tokens + t) * group * dp,
                       dp, dp, q_multiplier);
-    run_tile<A>(plan.row_kernel, context, job, q_rows, o_rows, m, l, work);
+    if (per_head_lengths) {
+      tile_context<TKV> head_context = context;
+      head_context.params = &jp;
+      run_tile<A>(plan.row_kernel, head_context, job, q_rows, o_rows, m, l, work);
+    } else {
+      run_tile<A>(plan.row_kernel, context, job, q_rows, o_rows, m, l, work);
+    }
     normalise_rows(rows, dp, o_rows, m, l, lse2);
 
     if (plan.splits == 1) {
@@ -343,18 +372,29 @@ void run_attention(tensor_view<const TQ, 3> q, tensor_view<const TKV, 3> k,
   }
 
   if (observed_logits != nullptr)
-    deliver_observed_rows<A>(p, mask, observed_logits, observed_lse2, executor);
+    deliver_observed_rows<A>(p, kv, mask, observed_logits, observed_lse2, p.kv_tokens, executor);
 }
 
 }  // namespace simd
 
-// The backend entry.
+// The backend entries: a contiguous K/V pair, and a paged cache with per-head lengths.
 template <class Arch, class TQ, class TK, class TV, class TO, class Mask, class Executor>
 void attention_impl(backend::simd<Arch>, tensor_view<const TQ, 3> q, tensor_view<const TK, 3> k,
                     tensor_view<const TV, 3> v, tensor_view<TO, 3> out, const Mask& mask,
                     const attention_params& p, Executor& executor) {
   static_assert(std::is_same_v<TK, TV>, "k and v must have the same element type");
-  simd::run_attention<Arch>(q, k, v, out, mask, p, executor);
+  const simd::kv_source<TK> kv{simd::row_source<TK>::contiguous(k),
+                               simd::row_source<TK>::contiguous(v), nullptr};
+  simd::run_attention<Arch>(q, kv, out, mask, p, executor);
+}
+
+template <class Arch, class TQ, class TKV, class TO, class Mask, class Executor>
+void attention_impl(backend::simd<Arch>, tensor_view<const TQ, 3> q,
+                    const paged_kv_view<const TKV>& cache, tensor_view<TO, 3> out, const Mask& mask,
+                    const attention_params& p, Executor& executor) {
+  const simd::kv_source<TKV> kv{simd::row_source<TKV>::paged(cache, cache.keys),
+                                simd::row_source<TKV>::paged(cache, cache.values), cache.lengths};
+  simd::run_attention<Arch>(q, kv, out, mask, p, executor);
 }
 
 }  // namespace detail

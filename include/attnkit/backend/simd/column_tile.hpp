@@ -70,28 +70,38 @@ void column_tile(const tile_context<TKV>& ctx, const tile_job& job, const float*
   }
 
   const bool transform = p.has_logit_transform();
-  const TKV* k_head = ctx.k.data() + job.kv_head * ctx.k.stride(1);
-  const TKV* v_head = ctx.v.data() + job.kv_head * ctx.v.stride(1);
+  const index_t head = job.kv_head;
 
   for (index_t span = 0; span < job.span_count; ++span) {
     const index_t j0 = job.spans[span].begin;
     const index_t keys = job.spans[span].size();
 
-    // The logit GEMM broadcasts K along its rows, so fp32 K with any strides is read in place;
-    // 16-bit K is converted once per block into fp32 rows first. V is always staged: the output
-    // GEMM reads it down its columns, and in place those reads are kv_heads·head_dim floats
-    // apart — one L1 set for the whole block, thrashing it.
+    // The logit GEMM broadcasts K along its rows, so fp32 K with any strides is read in place
+    // when the span is one run of rows (always, for a contiguous view; within one page, for a
+    // paged cache); 16-bit K, or a span across pages, is converted (copied) once per block into
+    // fp32 rows first. V is always staged: the output GEMM reads it down its columns, and in
+    // place those reads are kv_heads·head_dim floats apart — one L1 set for the whole block,
+    // thrashing it.
     const float* k_block = ks;
     index_t k_row = dp, k_col = 1;
+    bool k_in_place = false;
     if constexpr (std::is_same_v<TKV, float>) {
-      k_block = k_head + j0 * ctx.k.stride(0);
-      k_row = ctx.k.stride(0), k_col = ctx.k.stride(2);
-    } else {
-      stage_rows<A>(k_head + j0 * ctx.k.stride(0), ctx.k.stride(0), ctx.k.stride(2), keys, d, ks,
-                    dp, dp, 1.0f);
+      if (ctx.k.one_run(j0, j0 + keys)) {
+        k_block = ctx.k.row(head, j0);
+        k_row = ctx.k.row_stride, k_col = ctx.k.col_stride;
+        k_in_place = true;
+      }
     }
-    stage_rows<A>(v_head + j0 * ctx.v.stride(0), ctx.v.stride(0), ctx.v.stride(2), keys, d, vs, dp,
-                  dp, 1.0f);
+    if (!k_in_place) {
+      ctx.k.for_each_run(head, j0, j0 + keys, [&](index_t slot, index_t count, const TKV* rows) {
+        stage_rows<A>(rows, ctx.k.row_stride, ctx.k.col_stride, count, d, ks + (slot - j0) * dp, dp,
+                      dp, 1.0f);
+      });
+    }
+    ctx.v.for_each_run(head, j0, j0 + keys, [&](index_t slot, index_t count, const TKV* rows) {
+      stage_rows<A>(rows, ctx.v.row_stride, ctx.v.col_stride, count, d, vs + (slot - j0) * dp, dp,
+                    dp, 1.0f);
+    });
     // Sᵀ[key][row] = Σ_c K[key][c] · Qᵀ[c][row]
     gemm<A>(keys, rp, d, k_block, k_row, k_col, qt, rp, st, rp, false);
 

@@ -45,10 +45,12 @@
 #include <vector>
 
 #include "attnkit/backend/simd/convert.hpp"
+#include "attnkit/backend/simd/key_source.hpp"
 #include "attnkit/backend/simd/scratch.hpp"
 #include "attnkit/backend/tags.hpp"
 #include "attnkit/core/directed_rounding.hpp"
 #include "attnkit/core/float16.hpp"
+#include "attnkit/core/paged_kv_view.hpp"
 #include "attnkit/core/simd_include.hpp"
 #include "attnkit/core/tensor_view.hpp"
 #include "attnkit/parallel/executor.hpp"
@@ -145,6 +147,48 @@ void page_min_max(tensor_view<const TK, 3> k, index_t h, index_t p, index_t begi
       mn = std::min(mn, x);
       mx = std::max(mx, x);
     }
+    lo[c] = detail::round_down<T>(mn + 0.0f);
+    hi[c] = detail::round_up<T>(mx + 0.0f);
+  }
+}
+
+// Bounds of page p of KV head h from slots [begin, end) of a paged cache: as page_min_max, with
+// the page's rows read run by run (one run per cache page the Quest page covers).
+template <class A, class TK, class Rows>
+void paged_page_min_max(const row_source<TK>& keys, index_t h, index_t p, index_t begin,
+                        index_t end, const Rows& bounds) {
+  using T = typename Rows::value_type;
+  using batch = float_batch<A>;
+  constexpr index_t width = batch::size;
+  const index_t dim = bounds.head_dim;
+  T* lo = bounds.min_row(h, p);
+  T* hi = bounds.max_row(h, p);
+  const TK* first = keys.row(h, begin);
+  index_t c = 0;
+  for (; c + width <= dim; c += width) {
+    batch mn = load_float<A>(first + c);
+    batch mx = mn;
+    keys.for_each_run(h, begin, end, [&](index_t, index_t count, const TK* rows) {
+      for (index_t t = 0; t < count; ++t) {
+        const batch x = load_float<A>(rows + t * keys.row_stride + c);
+        mn = xsimd::min(mn, x);
+        mx = xsimd::max(mx, x);
+      }
+    });
+    const batch zero(0.0f);
+    store_rounded<false, A>(lo + c, mn + zero, A{});
+    store_rounded<true, A>(hi + c, mx + zero, A{});
+  }
+  for (; c < dim; ++c) {
+    float mn = to_float(first[c]);
+    float mx = mn;
+    keys.for_each_run(h, begin, end, [&](index_t, index_t count, const TK* rows) {
+      for (index_t t = 0; t < count; ++t) {
+        const float x = to_float(rows[t * keys.row_stride + c]);
+        mn = std::min(mn, x);
+        mx = std::max(mx, x);
+      }
+    });
     lo[c] = detail::round_down<T>(mn + 0.0f);
     hi[c] = detail::round_up<T>(mx + 0.0f);
   }
@@ -276,6 +320,49 @@ void page_bounds_update_impl(backend::simd<Arch>, tensor_view<const TK, 3> k, in
       const index_t p = first_page + i % touched;
       const index_t begin = p * bounds.page_size;
       simd::page_min_max<Arch>(k, h, p, begin, std::min(begin + bounds.page_size, tokens), bounds);
+    }
+  };
+  if (items == 1)
+    run(0);
+  else
+    executor(static_cast<std::size_t>(items), run);
+}
+
+// The same for a paged cache: pages [first_pages[h], end) of every KV head h, end covering its
+// kv.lengths[h] slots.
+template <class Arch, class TK, class Rows, class Executor>
+void page_bounds_update_impl(backend::simd<Arch>, const paged_kv_view<const TK>& kv,
+                             const index_t* first_pages, const Rows& bounds, Executor& executor) {
+  const simd::row_source<TK> keys = simd::row_source<TK>::paged(kv, kv.keys);
+  // (KV head, page) pairs, head by head: pairs[h] is the first pair of head h.
+  index_t pairs = 0;
+  for (index_t h = 0; h < bounds.kv_heads; ++h)
+    pairs += std::max<index_t>(
+        0, (kv.length(h) + bounds.page_size - 1) / bounds.page_size - first_pages[h]);
+  if (pairs <= 0) return;
+  const index_t elements = pairs * bounds.page_size * bounds.head_dim;
+  index_t items = 1;
+  if (elements >= simd::min_parallel_bounds_elements)
+    items = std::min<index_t>(pairs, 4 * static_cast<index_t>(parallel::concurrency_of(executor)));
+  const index_t per_item = (pairs + items - 1) / items;
+  items = (pairs + per_item - 1) / per_item;
+  auto run = [&](std::size_t item) {
+    const index_t first = static_cast<index_t>(item) * per_item;
+    const index_t last = std::min(first + per_item, pairs);
+    // Find the item's first pair, then walk pages and heads.
+    index_t h = 0, seen = 0;
+    auto head_pairs = [&](index_t head) {
+      return std::max<index_t>(
+          0, (kv.length(head) + bounds.page_size - 1) / bounds.page_size - first_pages[head]);
+    };
+    while (seen + head_pairs(h) <= first) seen += head_pairs(h++);
+    index_t p = first_pages[h] + (first - seen);
+    for (index_t i = first; i < last; ++i) {
+      while (p >= first_pages[h] + head_pairs(h)) p = first_pages[++h];
+      const index_t begin = p * bounds.page_size;
+      simd::paged_page_min_max<Arch>(keys, h, p, begin,
+                                     std::min(begin + bounds.page_size, kv.length(h)), bounds);
+      ++p;
     }
   };
   if (items == 1)

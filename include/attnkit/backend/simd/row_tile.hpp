@@ -14,6 +14,11 @@
 //   output:  token-major as well: per 4 tokens and head, the value vectors are loaded once and
 //            added into that head's output rows (kept in L1) for every row.
 //
+// K and V come from a row_source (key_source.hpp): a contiguous view is one run of rows per
+// span; a paged cache gives one run per page the span touches, each read in place the same way
+// (a vector of `width` keys that straddles a page takes its keys from two runs), and the next
+// span's pages are prefetched page by page. A paged job covers one KV head.
+//
 // Views whose last stride is not 1 or whose head dimension is not a multiple of the vector
 // width take a slower path: the block is first staged into fp32 with zero padding.
 #pragma once
@@ -161,7 +166,7 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
   const index_t rows_per_head = job.tokens * group;
   const index_t block = row_key_block(job.kv_heads, dp);
   // Converting loads straight from the caller's rows need whole vectors of contiguous elements.
-  const bool direct = d % width == 0 && ctx.k.stride(2) == 1 && ctx.v.stride(2) == 1;
+  const bool direct = d % width == 0 && ctx.k.col_stride == 1 && ctx.v.col_stride == 1;
   constexpr float minus_infinity = -std::numeric_limits<float>::infinity();
 
   float* s_rows = scratch;  // [rows][block]  logits, probabilities
@@ -184,31 +189,33 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
     const index_t keys = job.spans[span].size();
     const index_t padded_keys = round_up(keys, width);
 
-    // Where this block's keys and values are read from: the caller's memory, or (slow path)
-    // an fp32 copy staged head by head.
-    const TKV* k_direct = ctx.k.row(j0, job.kv_head);
-    const TKV* v_direct = ctx.v.row(j0, job.kv_head);
+    // Where this block's keys and values are read from: the caller's memory (runs of rows:
+    // one for a contiguous view, one per page of a paged cache), or (slow path) an fp32 copy
+    // staged head by head.
     if (!direct) {
       for (index_t h = 0; h < job.kv_heads; ++h) {
-        stage_rows<A>(k_direct + h * ctx.k.stride(1), ctx.k.stride(0), ctx.k.stride(2), keys, d,
-                      ks + h * block * dp, dp, dp, 1.0f);
-        stage_rows<A>(v_direct + h * ctx.v.stride(1), ctx.v.stride(0), ctx.v.stride(2), keys, d,
-                      vs + h * block * dp, dp, dp, 1.0f);
+        ctx.k.for_each_run(job.kv_head + h, j0, j0 + keys, [&](index_t slot, index_t n, auto rows) {
+          stage_rows<A>(rows, ctx.k.row_stride, ctx.k.col_stride, n, d,
+                        ks + h * block * dp + (slot - j0) * dp, dp, dp, 1.0f);
+        });
+        ctx.v.for_each_run(job.kv_head + h, j0, j0 + keys, [&](index_t slot, index_t n, auto rows) {
+          stage_rows<A>(rows, ctx.v.row_stride, ctx.v.col_stride, n, d,
+                        vs + h * block * dp + (slot - j0) * dp, dp, dp, 1.0f);
+        });
       }
     }
 
     // The next block streams in while this one computes: its tokens' rows of all heads are one
-    // contiguous run each in NHD memory (head stride = head_dim), which is what is prefetched.
-    prefetch_stream next_k, next_v;
+    // contiguous run each in NHD memory (head stride = head_dim), which is what is prefetched
+    // (a paged job covers one head: its rows, page by page).
+    prefetch_rows<TKV> next_k, next_v;
     if (direct && span + 1 < job.span_count &&
-        (job.kv_heads == 1 || (ctx.k.stride(1) == d && ctx.v.stride(1) == d))) {
+        (job.kv_heads == 1 || (ctx.k.head_stride == d && ctx.v.head_stride == d))) {
       const index_t next = job.spans[span + 1].begin;
-      const index_t next_keys = job.spans[span + 1].size();
+      const index_t next_end = job.spans[span + 1].end;
       const index_t run_bytes = job.kv_heads * d * static_cast<index_t>(sizeof(TKV));
-      next_k = prefetch_stream(ctx.k.row(next, job.kv_head), run_bytes,
-                               ctx.k.stride(0) * static_cast<index_t>(sizeof(TKV)), next_keys);
-      next_v = prefetch_stream(ctx.v.row(next, job.kv_head), run_bytes,
-                               ctx.v.stride(0) * static_cast<index_t>(sizeof(TKV)), next_keys);
+      next_k = prefetch_rows<TKV>(ctx.k, job.kv_head, next, next_end, run_bytes);
+      next_v = prefetch_rows<TKV>(ctx.v, job.kv_head, next, next_end, run_bytes);
     }
     // Spread over the (key, head) steps of both passes below.
     const index_t steps = 2 * keys * job.kv_heads;
@@ -216,21 +223,27 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
 
     // Logits, token-major: for each step of keys, every head's rows. In NHD memory a token's heads
     // are contiguous, so K is read as one sequential stream the hardware prefetchers follow.
-    auto logits = [&](const auto* k_base, index_t k_token_stride, index_t k_head_stride) {
+    // `runs(begin, end, visit)` gives the keys [begin, end) of the span as runs of rows
+    // visit(first_slot, count, first_row, row_stride) (key_source.hpp); a vector of keys that
+    // crosses a page takes two runs into the same accumulators.
+    auto logits = [&](auto&& runs, index_t k_head_stride) {
       for (index_t jb = 0; jb < keys; jb += width) {
         const index_t count = std::min(width, keys - jb);
-        for_key_steps(0, count, [&](auto kp, index_t jj) {
-          constexpr int KP = decltype(kp)::value;
-          for (index_t h = 0; h < job.kv_heads; ++h) {
-            next_k.issue(lines_per_step * KP);
-            const auto* key = k_base + (jb + jj) * k_token_stride + h * k_head_stride;
-            const float* q = q_rows + h * rows_per_head * dp;
-            batch* head_partial = partial + h * rows_per_head * width;
-            for_row_blocks(rows_per_head, [&](auto rb, index_t r) {
-              dot_rows<A, decltype(rb)::value, KP>(q + r * dp, dp, key, k_token_stride, vectors,
-                                                   head_partial + r * width, jj);
-            });
-          }
+        runs(j0 + jb, j0 + jb + count, [&](index_t slot, index_t n, auto k_run, index_t stride) {
+          const index_t lane = slot - (j0 + jb);
+          for_key_steps(0, n, [&](auto kp, index_t i) {
+            constexpr int KP = decltype(kp)::value;
+            for (index_t h = 0; h < job.kv_heads; ++h) {
+              next_k.issue(lines_per_step * KP);
+              const auto* key = k_run + i * stride + h * k_head_stride;
+              const float* q = q_rows + h * rows_per_head * dp;
+              batch* head_partial = partial + h * rows_per_head * width;
+              for_row_blocks(rows_per_head, [&](auto rb, index_t r) {
+                dot_rows<A, decltype(rb)::value, KP>(q + r * dp, dp, key, stride, vectors,
+                                                     head_partial + r * width, lane + i);
+              });
+            }
+          });
         });
         for (index_t r = 0; r < rows; ++r) {
           for (index_t jj = count; jj < width; ++jj) partial[r * width + jj] = batch(0.0f);
@@ -238,10 +251,23 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
         }
       }
     };
+    // The caller's rows, run by run; or the staged block, one run.
+    auto source_runs = [&](const row_source<TKV>& source) {
+      return [&source, &job](index_t begin, index_t end, auto&& visit) {
+        source.for_each_run(job.kv_head, begin, end, [&](index_t slot, index_t n, const TKV* run) {
+          visit(slot, n, run, source.row_stride);
+        });
+      };
+    };
+    auto staged_runs = [&](const float* staged) {
+      return [staged, j0, dp](index_t begin, index_t end, auto&& visit) {
+        visit(begin, end - begin, staged + (begin - j0) * dp, dp);
+      };
+    };
     if (direct)
-      logits(k_direct, ctx.k.stride(0), ctx.k.stride(1));
+      logits(source_runs(ctx.k), ctx.k.head_stride);
     else
-      logits(static_cast<const float*>(ks), dp, block * dp);
+      logits(staged_runs(ks), block * dp);
 
     for (index_t r = 0; r < rows; ++r) {
       float* row = s_rows + r * block;
@@ -286,27 +312,29 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
     }
 
     // Output, token-major like the logits, so V is one sequential stream too.
-    auto values = [&](const auto* v_base, index_t v_token_stride, index_t v_head_stride) {
-      for_key_steps(0, keys, [&](auto kp, index_t jj) {
-        constexpr int KP = decltype(kp)::value;
-        for (index_t h = 0; h < job.kv_heads; ++h) {
-          next_v.issue(lines_per_step * KP);
-          next_k.issue(lines_per_step * KP);
-          const auto* value = v_base + jj * v_token_stride + h * v_head_stride;
-          const index_t first = h * rows_per_head;
-          for_row_blocks(rows_per_head, [&](auto rb, index_t r) {
-            constexpr int RB = decltype(rb)::value;
-            accumulate_values_row<A, RB, KP>(s_rows + (first + r) * block, block, jj, value,
-                                             v_token_stride, vectors, o_rows + (first + r) * dp,
-                                             dp);
-          });
-        }
+    auto values = [&](auto&& runs, index_t v_head_stride) {
+      runs(j0, j0 + keys, [&](index_t slot, index_t n, auto v_run, index_t stride) {
+        for_key_steps(0, n, [&](auto kp, index_t i) {
+          constexpr int KP = decltype(kp)::value;
+          const index_t jj = slot - j0 + i;
+          for (index_t h = 0; h < job.kv_heads; ++h) {
+            next_v.issue(lines_per_step * KP);
+            next_k.issue(lines_per_step * KP);
+            const auto* value = v_run + i * stride + h * v_head_stride;
+            const index_t first = h * rows_per_head;
+            for_row_blocks(rows_per_head, [&](auto rb, index_t r) {
+              constexpr int RB = decltype(rb)::value;
+              accumulate_values_row<A, RB, KP>(s_rows + (first + r) * block, block, jj, value,
+                                               stride, vectors, o_rows + (first + r) * dp, dp);
+            });
+          }
+        });
       });
     };
     if (direct)
-      values(v_direct, ctx.v.stride(0), ctx.v.stride(1));
+      values(source_runs(ctx.v), ctx.v.head_stride);
     else
-      values(static_cast<const float*>(vs), dp, block * dp);
+      values(staged_runs(vs), block * dp);
   }
 }
 

@@ -13,6 +13,7 @@
 #include <limits>
 
 #include "attnkit/backend/simd/convert.hpp"
+#include "attnkit/backend/simd/key_source.hpp"
 #include "attnkit/backend/simd/vector_math.hpp"
 #include "attnkit/core/options.hpp"
 #include "attnkit/core/simd_include.hpp"
@@ -68,25 +69,29 @@ void mask_row(const void* mask, position q, head_index h, position_range kv, flo
   for (; next < kv.end; ++next) logits[(next - kv.begin) * stride] = minus_infinity;
 }
 
-// Everything a tile kernel reads that is the same for every work item of a call.
+// Everything a tile kernel reads that is the same for every work item of a call (for a paged
+// cache with per-head lengths, of every work item of one KV head: `params` then holds that
+// head's length as kv_tokens, so query positions are the head's own slots).
 template <class TKV>
 struct tile_context {
-  tensor_view<const TKV, 3> k;
-  tensor_view<const TKV, 3> v;
+  row_source<TKV> k;  // K and V rows (backend/simd/key_source.hpp)
+  row_source<TKV> v;
   const attention_params* params;
   index_t padded_dim;   // head_dim rounded up to the vector width
   index_t padded_rows;  // rows of the largest tile rounded up to the vector width
   const void* mask = nullptr;
   void (*mask_row)(const void*, position, head_index, position_range, float*, index_t) = nullptr;
   // Observed rows (query tokens >= observed_first_token) keep their base-2 logits here, row
-  // ((token - observed_first_token) · q_heads + head) · kv_tokens; null without an observer.
+  // ((token - observed_first_token) · q_heads + head) · observed_stride (the call's longest KV
+  // head); null without an observer.
   float* observed_logits = nullptr;
   index_t observed_first_token = 0;
+  index_t observed_stride = 0;
 
   float* observed_row(index_t token, head_index head) const noexcept {
     if (observed_logits == nullptr || token < observed_first_token) return nullptr;
     return observed_logits +
-           ((token - observed_first_token) * params->q_heads + head) * params->kv_tokens;
+           ((token - observed_first_token) * params->q_heads + head) * observed_stride;
   }
 };
 

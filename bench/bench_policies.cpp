@@ -1,0 +1,201 @@
+// attnkit benchmarks — what a KV-cache eviction policy costs per decode step, next to the
+// attention step it serves.
+//
+// Shape: one layer of a kv_cache<half> holding n_kv = 32768 tokens per KV head, 32 query / 8 KV
+// heads, head dim 128, pages of 16 tokens; fp32 decode query. Benchmarks:
+//   attention/plain     paged decode (attnkit::cpu) over the cache, no observer
+//   attention/observed  the same with the policy's observer attached (H2O's accumulator)
+//   select/<policy>     select() alone with one token over budget (the per-step decision):
+//                       H2O (accumulated mass + recent window), TOVA (layer-wise), StreamingLLM
+//   compress/<policy>   compress() evicting that token: select + kv_cache::retain (which moves the
+//                       rows after the evicted slot down, the cache's cost) + the policy's score
+//                       renumbering
+// Counters: overhead = (t_observed - t_plain + t_select) / t_plain, the policy's own share of a
+// step (the target: < 5% at 32K); compress_overhead adds the cache's compaction.
+//
+// Decode starts from cold caches (a sweep larger than the last-level cache between calls,
+// untimed), as bench_sparse does; select runs on a warm score table, as it would right after the
+// attention call that filled it.
+
+// clang-format off
+#include <attnkit/attnkit.hpp>
+// clang-format on
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <attnkit/kvcache/compress.hpp>
+#include <attnkit/kvcache/kv_cache.hpp>
+#include <attnkit/kvcache/policies/h2o.hpp>
+#include <attnkit/kvcache/policies/streaming.hpp>
+#include <attnkit/kvcache/policies/tova.hpp>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "peak.hpp"
+#include "workload.hpp"
+
+namespace {
+
+using attnkit::index_t;
+using attnkit_bench::buffer;
+
+constexpr index_t n_kv = 32768, q_heads = 32, kv_heads = 8, head_dim = 128, page = 16;
+
+std::map<std::string, double> seconds_per_call;
+
+void evict_caches() {
+  static const buffer<float> sweep = [] {
+    buffer<float> b(attnkit_bench::default_bandwidth_bytes() / sizeof(float));
+    attnkit_bench::fill_zero(b);
+    return b;
+  }();
+  float sum = 0.0f;
+  for (std::size_t i = 0; i < sweep.size(); i += 16) sum += sweep.data()[i];
+  attnkit_bench::keep(sum);
+}
+
+template <class Setup, class Call>
+double timed(benchmark::State& state, bool cold, Setup&& setup, Call&& call) {
+  double total = 0.0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    setup();
+    if (cold) evict_caches();
+    state.ResumeTiming();
+    const auto start = std::chrono::steady_clock::now();
+    call();
+    benchmark::ClobberMemory();
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    state.SetIterationTime(seconds);
+    total += seconds;
+  }
+  return total / double(std::max<benchmark::IterationCount>(1, state.iterations()));
+}
+
+// One layer of n_kv tokens, and the decode query.
+struct decode_step {
+  attnkit::kv_cache<attnkit::half> cache{
+      {1, kv_heads, head_dim, page, kv_heads*(n_kv / page + 64)}};
+  buffer<float> q{std::size_t(q_heads * head_dim)};
+  buffer<float> out{std::size_t(q_heads * head_dim)};
+  std::vector<float> row = std::vector<float>(std::size_t(head_dim), 0.25f);
+
+  decode_step() {
+    attnkit_bench::fill_uniform(q, 1);
+    constexpr index_t chunk = 1024;
+    buffer<float> k(std::size_t(chunk * kv_heads * head_dim)), v(k.size());
+    for (index_t t = 0; t < n_kv; t += chunk) {
+      attnkit_bench::fill_uniform(k, std::uint64_t(2 + t));
+      attnkit_bench::fill_uniform(v, std::uint64_t(3 + t));
+      cache.append(0, attnkit::tensor_view<const float, 3>(k.data(), {chunk, kv_heads, head_dim}),
+                   attnkit::tensor_view<const float, 3>(v.data(), {chunk, kv_heads, head_dim}));
+    }
+  }
+
+  void attend(const attnkit::attention_options& options) {
+    attnkit::attention(
+        attnkit::cpu, attnkit::tensor_view<const float, 3>(q.data(), {1, q_heads, head_dim}),
+        cache.view(0), attnkit::tensor_view<float, 3>(out.data(), {1, q_heads, head_dim}),
+        attnkit::causal{}, options);
+  }
+  // Brings every head to n_kv + 1 tokens (one over a budget of n_kv).
+  void grow_to_one_over() {
+    for (index_t h = 0; h < kv_heads; ++h)
+      while (cache.length(0, h) < n_kv + 1)
+        cache.append_token(0, h, std::span<const float>(row), std::span<const float>(row),
+                           cache.next_position(0, h));
+  }
+};
+
+decode_step& step() {
+  static decode_step s;
+  return s;
+}
+
+attnkit::h2o_policy& h2o() {
+  static attnkit::h2o_policy p(1);
+  return p;
+}
+attnkit::tova_policy& tova() {
+  static attnkit::tova_policy p(1);
+  return p;
+}
+attnkit::streaming_policy& streaming() {
+  static attnkit::streaming_policy p;
+  return p;
+}
+
+void set_overheads(benchmark::State& state, double policy_seconds, const char* counter) {
+  const auto plain = seconds_per_call.find("attention/plain");
+  const auto observed = seconds_per_call.find("attention/observed");
+  if (plain == seconds_per_call.end() || observed == seconds_per_call.end()) return;
+  state.counters[counter] = (observed->second - plain->second + policy_seconds) / plain->second;
+}
+
+void bm_attention(benchmark::State& state, bool observe) {
+  decode_step& s = step();
+  s.grow_to_one_over();
+  attnkit::attention_options options;
+  if (observe) options.observer = h2o().observer(0);
+  const double seconds = timed(
+      state, true, [] {}, [&] { s.attend(options); });
+  seconds_per_call[observe ? "attention/observed" : "attention/plain"] = seconds;
+}
+
+template <class Policy>
+void bm_select(benchmark::State& state, Policy& policy) {
+  decode_step& s = step();
+  s.grow_to_one_over();
+  attnkit::attention_options options;
+  if constexpr (attnkit::observing_policy<Policy>) {
+    options.observer = policy.observer(0);
+    s.attend(options);  // a real score table
+  }
+  attnkit::keep_list keep;
+  const auto budget = attnkit::budget::tokens(n_kv);
+  const double seconds = timed(
+      state, false, [] {}, [&] { policy.select(s.cache.view(0), 0, budget, keep); });
+  set_overheads(state, seconds, "overhead");
+}
+
+template <class Policy>
+void bm_compress(benchmark::State& state, Policy& policy) {
+  decode_step& s = step();
+  attnkit::keep_list keep;
+  const auto budget = attnkit::budget::tokens(n_kv);
+  const double seconds = timed(
+      state, false, [&] { s.grow_to_one_over(); },
+      [&] { attnkit::compress(s.cache, 0, policy, budget, keep); });
+  set_overheads(state, seconds, "compress_overhead");
+}
+
+void register_all() {
+  auto reg = [](const char* name, auto fn) {
+    return benchmark::RegisterBenchmark(name, fn)->UseManualTime()->Unit(benchmark::kMicrosecond);
+  };
+  reg("attention/plain/n_kv:32768", [](benchmark::State& s) {
+    bm_attention(s, false);
+  })->MinTime(0.3);
+  reg("attention/observed/n_kv:32768", [](benchmark::State& s) {
+    bm_attention(s, true);
+  })->MinTime(0.3);
+  reg("select/h2o", [](benchmark::State& s) { bm_select(s, h2o()); })->MinTime(0.2);
+  reg("select/tova", [](benchmark::State& s) { bm_select(s, tova()); })->MinTime(0.2);
+  reg("select/streaming", [](benchmark::State& s) { bm_select(s, streaming()); })->MinTime(0.2);
+  reg("compress/h2o", [](benchmark::State& s) { bm_compress(s, h2o()); })->MinTime(0.2);
+  reg("compress/streaming", [](benchmark::State& s) { bm_compress(s, streaming()); })->MinTime(0.2);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  register_all();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,184 @@
+// attnkit — attention_scores: per-slot attention mass per (layer, KV head), fed by the kernels.
+//
+// H2O ranks slots by the attention they accumulated over every query so far, TOVA by the
+// current query's attention, SnapKV and FastGen by an observation window of the last prompt
+// queries. All of them read one table per layer, mass[kv_head][slot] = Σ p over the observed
+// rows of the KV head's query heads (the query heads of a GQA group are summed, as kvpress and
+// SnapKV's GQA fix average them — the same ranking), which this component fills from the
+// probabilities the attention kernel already computed (core/observer.hpp):
+//
+//   options.observer = scores.observer(layer);      // a member: outlives the attention call
+//   attnkit::attention(cpu, q, k, v, out, causal{}, options);
+//
+// Two update rules:
+// * accumulate: rows add to the table; decode steps sum up (H2O, FastGen's frequency);
+// * replace: each attention call's rows replace the previous call's (TOVA: the current query;
+//   SnapKV: the last prefill chunk's observation window). The observer's check(), which the
+//   attention front door calls once per call before the kernel runs, starts the new observation.
+//
+// Slot renumbering: after a keep list is applied, compact(layer, keep) moves each kept slot's
+// mass down to its new slot and zeroes the rest, so new tokens start from zero mass.
+//
+// Rows are delivered concurrently for different KV heads and in order for one head; each row
+// writes only its head's table, so no lock is needed. The table grows (geometrically) only in
+// check() or from the host-side calls, never inside a row: rows that reach beyond what check()
+// prepared are clipped, so feed rows by hand only after calling the observer's check(shape), as
+// the front door does.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "attnkit/core/config.hpp"
+#include "attnkit/core/error.hpp"
+#include "attnkit/core/observer.hpp"
+#include "attnkit/core/shape.hpp"
+#include "attnkit/kvcache/policy.hpp"
+
+namespace attnkit {
+
+enum class score_update { accumulate, replace };
+
+class attention_scores {
+  struct layer_state;
+
+ public:
+  // What goes in attention_options::observer: a handle on one layer's table.
+  class observer_type {
+   public:
+    index_t observed_queries() const noexcept { return state_->observed_queries; }
+    // Runs before the kernel (attention's front door calls it): sizes the table for the call
+    // and, under score_update::replace, clears the previous observation.
+    void check(const attention_shape& shape) const { state_->begin_call(shape); }
+    void operator()(const observed_row& row) const { state_->add(row); }
+
+   private:
+    friend class attention_scores;
+    explicit observer_type(layer_state* state) : state_(state) {}
+    layer_state* state_;
+  };
+
+  // One table per layer; observed_queries: how many of the last query tokens of a prefill call
+  // the kernel hands over (decode has one).
+  attention_scores(index_t layers, score_update update, index_t observed_queries) {
+    detail::require(layers >= 1, "attnkit::attention_scores: layers is ", layers,
+                    ", it must be >= 1");
+    detail::require(observed_queries >= 1, "attnkit::attention_scores: observed_queries is ",
+                    observed_queries, ", it must be >= 1");
+    layers_.reserve(static_cast<std::size_t>(layers));
+    for (index_t l = 0; l < layers; ++l)
+      layers_.push_back(std::make_unique<layer_state>(update, observed_queries));
+  }
+
+  index_t layers() const noexcept { return static_cast<index_t>(layers_.size()); }
+  score_update update() const noexcept { return layers_.front()->update; }
+
+  observer_type& observer(index_t layer) {
+    detail::check_layer_index("attnkit::attention_scores::observer", layer, layers());
+    return layers_[static_cast<std::size_t>(layer)]->handle;
+  }
+
+  // The mass of slots [0, length) of one head (zeros where nothing was observed). Host side:
+  // grows the table if length exceeds it. Throws if kv_heads disagrees with what was observed.
+  std::span<const float> head(const char* function, index_t layer, index_t kv_heads,
+                              index_t kv_head, index_t length) {
+    layer_state& s = *layers_[static_cast<std::size_t>(layer)];
+    s.ensure(function, kv_heads, length);
+    return {s.data.data() + kv_head * s.capacity, static_cast<std::size_t>(length)};
+  }
+
+  // Query heads of the last observed call of a layer (0 before any).
+  index_t q_heads(index_t layer) const noexcept {
+    return layers_[static_cast<std::size_t>(layer)]->q_heads;
+  }
+
+  // Throws unless `layer` may be read with kv_heads heads (before anything changes).
+  void check(const char* function, index_t layer, index_t kv_heads) const {
+    detail::check_layer_index(function, layer, layers());
+    const layer_state& s = *layers_[static_cast<std::size_t>(layer)];
+    detail::require(s.kv_heads == 0 || s.kv_heads == kv_heads, function, ": the layer has ",
+                    kv_heads, " KV heads but its attention was observed with ", s.kv_heads);
+  }
+
+  // Slot renumbering after `keep` was applied to the layer (see the header comment).
+  void compact(index_t layer, const keep_list& keep) {
+    layer_state& s = *layers_[static_cast<std::size_t>(layer)];
+    if (s.kv_heads == 0) return;
+    index_t extent = 0;
+    const index_t heads = std::min(s.kv_heads, keep.kv_heads());
+    for (index_t h = 0; h < heads; ++h) {
+      float* row = s.data.data() + h * s.capacity;
+      const std::span<const index_t> slots = keep.slots(h);
+      const index_t kept = std::min(static_cast<index_t>(slots.size()), s.capacity);
+      // slots[i] >= i (ascending, unique), so an ascending copy never overwrites a source.
+      for (index_t i = 0; i < kept; ++i) {
+        const index_t from = slots[static_cast<std::size_t>(i)];
+        row[i] = from < s.capacity ? row[from] : 0.0f;
+      }
+      for (index_t j = kept; j < s.extent; ++j) row[j] = 0.0f;
+      extent = std::max(extent, kept);
+    }
+    s.extent = extent;
+  }
+
+  // Forgets every observation (a new sequence).
+  void reset() {
+    for (auto& s : layers_) {
+      std::fill(s->data.begin(), s->data.end(), 0.0f);
+      s->extent = 0;
+    }
+  }
+
+ private:
+  struct layer_state {
+    layer_state(score_update u, index_t observed) : update(u), observed_queries(observed) {}
+
+    void ensure(const char* function, index_t heads, index_t tokens) {
+      detail::require(kv_heads == 0 || kv_heads == heads, function, ": the layer has ", heads,
+                      " KV heads but its attention was observed with ", kv_heads);
+      if (kv_heads == heads && tokens <= capacity) return;
+      const index_t new_capacity = std::max({tokens, 2 * capacity, index_t{64}});
+      std::vector<float> grown(static_cast<std::size_t>(heads * new_capacity), 0.0f);
+      for (index_t h = 0; h < kv_heads; ++h)
+        std::copy_n(data.data() + h * capacity, extent, grown.data() + h * new_capacity);
+      data.swap(grown);
+      capacity = new_capacity;
+      kv_heads = heads;
+    }
+
+    void begin_call(const attention_shape& shape) {
+      ensure("attnkit::attention_scores (observer)", shape.kv_heads, shape.kv_tokens);
+      q_heads = shape.q_heads;
+      if (update == score_update::replace) {
+        for (index_t h = 0; h < kv_heads; ++h)
+          std::fill_n(data.data() + h * capacity, extent, 0.0f);
+        extent = 0;
+      }
+      extent = std::max(extent, shape.kv_tokens);
+    }
+
+    void add(const observed_row& row) {
+      if (row.kv_head < 0 || row.kv_head >= kv_heads) return;  // check() was not called
+      float* destination = data.data() + row.kv_head * capacity;
+      const index_t n = std::min<index_t>(static_cast<index_t>(row.probabilities.size()), extent);
+      const float* p = row.probabilities.data();
+      for (index_t j = 0; j < n; ++j) destination[j] += p[j];
+    }
+
+    score_update update;
+    index_t observed_queries;
+    index_t q_heads = 0;   // of the last observed call
+    index_t kv_heads = 0;  // 0 until the first call or host-side read
+    index_t capacity = 0;  // slots per head in data
+    index_t extent = 0;    // slots at or past extent hold 0 in every head
+    std::vector<float> data;
+    observer_type handle{this};
+  };
+
+  std::vector<std::unique_ptr<layer_state>> layers_;
+};
+
+}  // namespace attnkit

@@ -1,0 +1,124 @@
+// attnkit — tova_policy: Token Omission Via Attention (Oren et al. 2024, "Transformers are
+// Multi-State RNNs").
+//
+// When the cache is over budget, TOVA drops the tokens with the lowest attention weight from the
+// *current* query — no accumulation over past queries (that is H2O). The paper applies the rule
+// per layer, with the weights averaged over the layer's heads, so every head of a layer keeps the
+// same tokens (it reports the layer-wise rule beating a head-wise one; kvpress' TOVAPress, which
+// an author reviewed, averages over the heads the same way). per_head = true is the head-wise
+// variant: each KV head ranks by its own group's weights.
+//
+// The layer-wise rule needs the heads' slots to be the same tokens: every head of the layer must
+// hold the same number of slots and get the same budget (true of a cache only TOVA compresses);
+// select() throws otherwise. Unlike kvpress, the current token is not protected: the paper
+// lets it be evicted like any other when its weight is the lowest.
+//
+// Use: `options.observer = tova.observer(layer)`; each attention call's rows replace the previous
+// call's (its observer's check() starts a new observation), then compress() with the budget
+// after each decode step evicts the lowest.
+#pragma once
+
+#include <algorithm>
+#include <span>
+#include <vector>
+
+#include "attnkit/core/config.hpp"
+#include "attnkit/core/error.hpp"
+#include "attnkit/core/paged_kv_view.hpp"
+#include "attnkit/kvcache/attention_scores.hpp"
+#include "attnkit/kvcache/policy.hpp"
+#include "attnkit/kvcache/scored_select.hpp"
+
+namespace attnkit {
+
+struct tova_options {
+  bool per_head = false;  // false: the paper's layer-wise rule
+};
+
+class tova_policy {
+ public:
+  explicit tova_policy(index_t layers = 1, tova_options options = {})
+      : options_(options), scores_(layers, score_update::replace, 1) {}
+
+  const tova_options& options() const noexcept { return options_; }
+  attention_scores::observer_type& observer(index_t layer) { return scores_.observer(layer); }
+  attention_scores& scores() noexcept { return scores_; }
+
+  template <class T>
+  void select(const paged_kv_view<const T>& layer, index_t layer_index, const budget& b,
+              keep_list& keep) {
+    constexpr const char* fn = "attnkit::tova_policy::select";
+    if (options_.per_head) {
+      detail::select_by_scores(*this, fn, layer, layer_index, b, keep, scratch_);
+      return;
+    }
+    b.check(fn, layer.kv_heads);
+    validate(fn, layer, layer_index);
+    keep.reset(layer.kv_heads, layer.head_dim);
+    if (layer.kv_heads == 0) return;
+    const index_t n = layer.length(0);
+    const index_t count = b.keep_count(0, n);
+    for (index_t h = 1; h < layer.kv_heads; ++h)
+      detail::require(b.keep_count(h, n) == count, fn,
+                      ": the layer-wise rule keeps the same tokens in every head, but the budget "
+                      "gives head 0 ",
+                      count, " tokens and head ", h, " ", b.keep_count(h, n));
+    if (count >= n) {
+      for (index_t h = 0; h < layer.kv_heads; ++h) keep.keep_range(h, 0, n);
+      return;
+    }
+    const std::span<float> scores = scratch_.for_head(n);
+    score(layer, layer_index, 0, count, scores);
+    scratch_.top.select_runs(scores, count,
+                             [&](index_t begin, index_t end) { keep.keep_range(0, begin, end); });
+    for (index_t h = 1; h < layer.kv_heads; ++h) keep.assign(h, keep.slots(0));
+  }
+  void on_retained(index_t layer_index, const keep_list& keep) {
+    scores_.compact(layer_index, keep);
+  }
+  void reset() { scores_.reset(); }
+
+  // Scorer interface: the current query's weights, averaged over the layer's query heads
+  // (layer-wise) or summed over the head's group (per_head; the same order as the average).
+  template <class T>
+  void validate(const char* function, const paged_kv_view<const T>& layer,
+                index_t layer_index) const {
+    scores_.check(function, layer_index, layer.kv_heads);
+    if (options_.per_head) return;
+    for (index_t h = 1; h < layer.kv_heads; ++h)
+      detail::require(layer.length(h) == layer.length(0), function,
+                      ": the layer-wise rule needs every head to hold the same slots, but head 0 "
+                      "holds ",
+                      layer.length(0), " and head ", h, " holds ", layer.length(h),
+                      " (use tova_options::per_head for head-wise caches)");
+  }
+  template <class T>
+  void score(const paged_kv_view<const T>& layer, index_t layer_index, index_t head,
+             index_t /*keep_count*/, std::span<float> out) {
+    constexpr const char* fn = "attnkit::tova_policy::select";
+    const auto n = static_cast<index_t>(out.size());
+    if (options_.per_head) {
+      const std::span<const float> mass = scores_.head(fn, layer_index, layer.kv_heads, head, n);
+      std::copy(mass.begin(), mass.end(), out.begin());
+      return;
+    }
+    std::fill(out.begin(), out.end(), 0.0f);
+    for (index_t h = 0; h < layer.kv_heads; ++h) {
+      const std::span<const float> mass = scores_.head(fn, layer_index, layer.kv_heads, h, n);
+      for (index_t j = 0; j < n; ++j)
+        out[static_cast<std::size_t>(j)] += mass[static_cast<std::size_t>(j)];
+    }
+    // Σ over KV heads of the group sums is Σ over every query head: divided by q_heads (as the
+    // observed calls reported it) it is the average the paper ranks by.
+    const float inverse =
+        1.0f / static_cast<float>(std::max<index_t>(1, scores_.q_heads(layer_index)));
+    for (float& s : out) s *= inverse;
+  }
+
+ private:
+  tova_options options_;
+  attention_scores scores_;
+  detail::score_scratch scratch_;
+};
+
+}  // namespace attnkit

@@ -1,0 +1,271 @@
+// attnkit — KV-cache eviction policies: the vocabulary every policy shares.
+//
+// A policy decides, for one layer of a cache, which slots each KV head keeps:
+//
+//   policy.select(layer_view, layer_index, budget, keep)      // required
+//   policy.observer(layer_index)  -> an attention observer    // optional: score-based policies
+//   policy.on_retained(layer_index, keep)                     // optional: after keep was applied
+//
+// * select() reads a paged_kv_view<const T> (what the kernels read; core/paged_kv_view.hpp) and
+//   fills a keep_list: per KV head, the ascending slots to keep, and optionally one compensation
+//   token (RazorAttention) to append after the kept ones. select() never changes the cache and
+//   never changes what the policy knows about slots; it may be called only to look (evaluation
+//   harnesses measure what a selection would keep).
+// * Scores come from the attention kernels themselves, never from a second attention pass:
+//   `options.observer = policy.observer(layer);` before the layer's attention call
+//   (core/observer.hpp). The observer is a member of the policy, so it outlives the call.
+// * Slots are renumbered when a selection is applied (the cache compacts: kept slot keep[i]
+//   becomes slot i). A policy that keeps per-slot state (accumulated attention mass, the slot of
+//   a compensation token) renumbers it in on_retained(layer, keep), which attnkit::compress calls
+//   right after it applied `keep` (kvcache/compress.hpp). A separate hook rather than a select()
+//   that assumes its result will be applied: select stays side-effect free, an aborted
+//   compression leaves the policy consistent, and a caller that applies a keep list by hand
+//   calls on_retained itself.
+//
+// Budgets: tokens per head (uniform), per-head token counts (AdaKV-style allocations computed
+// elsewhere), or a compression ratio (the fraction of each head's tokens removed, as kvpress
+// states it). A head never keeps more than it holds.
+//
+// Allocation: keep_list keeps its per-head vectors between calls (cleared, not freed), and the
+// policies keep their scratch, so a decode loop that compresses every step allocates nothing
+// once warmed up.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <concepts>
+#include <cstddef>
+#include <limits>
+#include <span>
+#include <vector>
+
+#include "attnkit/core/config.hpp"
+#include "attnkit/core/error.hpp"
+#include "attnkit/core/observer.hpp"
+#include "attnkit/core/paged_kv_view.hpp"
+#include "attnkit/core/shape.hpp"
+
+namespace attnkit {
+
+// How many tokens each head of a layer may keep.
+class budget {
+ public:
+  enum class kind { tokens, per_head, ratio };
+
+  // Every head keeps at most `per_head` tokens.
+  static budget tokens(index_t per_head) {
+    detail::require(per_head >= 0, "attnkit::budget::tokens: per_head is ", per_head,
+                    ", it must be >= 0");
+    budget b;
+    b.kind_ = kind::tokens;
+    b.tokens_ = per_head;
+    return b;
+  }
+
+  // Head h keeps at most per_head[h] tokens. The span is not copied: it must outlive the budget's
+  // use (no allocation per step), and have one entry per KV head of the layers it is used on.
+  static budget per_head(std::span<const index_t> per_head) {
+    detail::require(per_head.data() != nullptr || per_head.empty(),
+                    "attnkit::budget::per_head: per_head has null data but ", per_head.size(),
+                    " entries");
+    for (std::size_t h = 0; h < per_head.size(); ++h)
+      detail::require(per_head[h] >= 0, "attnkit::budget::per_head: per_head[", h, "] is ",
+                      per_head[h], ", it must be >= 0");
+    budget b;
+    b.kind_ = kind::per_head;
+    b.per_head_ = per_head;
+    return b;
+  }
+
+  // Each head removes floor(compression_ratio · length) of its tokens (so a head that holds any
+  // token keeps at least one). 0 keeps everything; 0.75 keeps a quarter.
+  static budget ratio(double compression_ratio) {
+    detail::require(
+        std::isfinite(compression_ratio) && compression_ratio >= 0.0 && compression_ratio < 1.0,
+        "attnkit::budget::ratio: compression_ratio is ", compression_ratio,
+        ", it must be in [0, 1)");
+    budget b;
+    b.kind_ = kind::ratio;
+    b.ratio_ = compression_ratio;
+    return b;
+  }
+
+  kind type() const noexcept { return kind_; }
+  index_t tokens_per_head() const noexcept { return tokens_; }
+  std::span<const index_t> per_head_tokens() const noexcept { return per_head_; }
+  double compression_ratio() const noexcept { return ratio_; }
+
+  // Tokens head `head` keeps when it holds `length` (never more than length).
+  index_t keep_count(index_t head, index_t length) const noexcept {
+    index_t keep = length;
+    switch (kind_) {
+      case kind::tokens:
+        keep = tokens_;
+        break;
+      case kind::per_head:
+        keep = per_head_[static_cast<std::size_t>(head)];
+        break;
+      case kind::ratio:
+        keep = length - static_cast<index_t>(std::floor(ratio_ * static_cast<double>(length)));
+        break;
+    }
+    return std::min(keep, length);
+  }
+
+  // Throws unless the budget fits a layer of kv_heads heads.
+  void check(const char* function, index_t kv_heads) const {
+    if (kind_ == kind::per_head)
+      detail::require(static_cast<index_t>(per_head_.size()) == kv_heads, function,
+                      ": the per-head budget has ", per_head_.size(), " entries but the layer has ",
+                      kv_heads, " KV heads");
+  }
+
+ private:
+  budget() = default;
+  kind kind_ = kind::tokens;
+  index_t tokens_ = 0;
+  std::span<const index_t> per_head_{};
+  double ratio_ = 0.0;
+};
+
+// A token that stands for several evicted ones (RazorAttention's compensation token): appended
+// to its head after the kept slots. fp32 whatever the cache type; the cache rounds on append.
+struct compensation_token {
+  std::vector<float> key;    // [head_dim]
+  std::vector<float> value;  // [head_dim]
+  position pos = 0;          // recorded as the token's position in the cache
+  // How many evicted tokens it summarises. RazorAttention weights the token by this count in the
+  // softmax (equivalently, adds ln(count) to its logit); see policies/razor.hpp.
+  index_t count = 0;
+};
+
+// What select() decided for one layer: per KV head, the ascending slots to keep and at most one
+// compensation token. Reused across calls: reset() clears it and keeps every buffer's capacity.
+class keep_list {
+ public:
+  void reset(index_t kv_heads, index_t head_dim) {
+    kv_heads_ = kv_heads;
+    head_dim_ = head_dim;
+    const auto heads = static_cast<std::size_t>(kv_heads);
+    if (slots_.size() < heads) {
+      slots_.resize(heads);
+      compensations_.resize(heads);
+      has_compensation_.resize(heads, 0);
+    }
+    for (std::size_t h = 0; h < heads; ++h) {
+      slots_[h].clear();
+      has_compensation_[h] = 0;
+    }
+  }
+
+  index_t kv_heads() const noexcept { return kv_heads_; }
+  index_t head_dim() const noexcept { return head_dim_; }
+
+  std::span<const index_t> slots(index_t head) const noexcept {
+    return slots_[static_cast<std::size_t>(head)];
+  }
+  index_t kept(index_t head) const noexcept {
+    return static_cast<index_t>(slots_[static_cast<std::size_t>(head)].size());
+  }
+
+  // Appends slots; the caller keeps them ascending (compress() checks).
+  void keep(index_t head, index_t slot) { slots_[static_cast<std::size_t>(head)].push_back(slot); }
+  void keep_range(index_t head, index_t begin, index_t end) {
+    if (end <= begin) return;
+    std::vector<index_t>& s = slots_[static_cast<std::size_t>(head)];
+    const std::size_t at = s.size();
+    s.resize(at + static_cast<std::size_t>(end - begin));
+    index_t* out = s.data() + at;
+    for (index_t i = 0; i < end - begin; ++i) out[i] = begin + i;  // vectorises, unlike push_back
+  }
+  void assign(index_t head, std::span<const index_t> slots) {
+    slots_[static_cast<std::size_t>(head)].assign(slots.begin(), slots.end());
+  }
+
+  bool has_compensation(index_t head) const noexcept {
+    return has_compensation_[static_cast<std::size_t>(head)] != 0;
+  }
+  const compensation_token& compensation(index_t head) const noexcept {
+    return compensations_[static_cast<std::size_t>(head)];
+  }
+  // Marks head's compensation token present and returns it with key and value zeroed.
+  compensation_token& add_compensation(index_t head) {
+    const auto h = static_cast<std::size_t>(head);
+    has_compensation_[h] = 1;
+    compensation_token& token = compensations_[h];
+    token.key.assign(static_cast<std::size_t>(head_dim_), 0.0f);
+    token.value.assign(static_cast<std::size_t>(head_dim_), 0.0f);
+    token.pos = 0;
+    token.count = 0;
+    return token;
+  }
+
+  // Throws unless this list fits the layer: one entry per head, slots ascending, unique and
+  // below the head's length, compensation vectors of head_dim.
+  template <class T>
+  void check(const char* function, const paged_kv_view<T>& layer) const {
+    detail::require(kv_heads_ == layer.kv_heads, function, ": the keep list has ", kv_heads_,
+                    " heads but the layer has ", layer.kv_heads);
+    for (index_t h = 0; h < kv_heads_; ++h) {
+      const std::span<const index_t> s = slots(h);
+      const index_t n = layer.length(h);
+      for (std::size_t i = 0; i < s.size(); ++i) {
+        detail::require(s[i] >= 0 && s[i] < n, function, ": head ", h, " keeps slot ", s[i],
+                        " but holds ", n, " tokens");
+        detail::require(i == 0 || s[i] > s[i - 1], function, ": head ", h,
+                        " keeps slots out of order (", s[i - 1], " then ", s[i], ")");
+      }
+      if (has_compensation(h)) {
+        const compensation_token& c = compensation(h);
+        detail::require(static_cast<index_t>(c.key.size()) == layer.head_dim &&
+                            static_cast<index_t>(c.value.size()) == layer.head_dim,
+                        function, ": head ", h, "'s compensation token has ", c.key.size(),
+                        " key and ", c.value.size(), " value elements but head_dim is ",
+                        layer.head_dim);
+      }
+    }
+  }
+
+ private:
+  index_t kv_heads_ = 0;
+  index_t head_dim_ = 0;
+  std::vector<std::vector<index_t>> slots_;
+  std::vector<compensation_token> compensations_;
+  std::vector<unsigned char> has_compensation_;
+};
+
+// A policy for caches of element type T.
+template <class P, class T>
+concept kv_policy = requires(P& policy, const paged_kv_view<const T>& layer, index_t layer_index,
+                             const budget& b, keep_list& keep) {
+  policy.select(layer, layer_index, b, keep);
+};
+
+// A policy that learns from the attention probabilities of the kernels.
+template <class P>
+concept observing_policy = requires(P& policy, index_t layer_index) {
+  { policy.observer(layer_index) } -> std::convertible_to<attention_observer>;
+};
+
+// A policy with per-slot state to renumber after a keep list was applied.
+template <class P>
+concept retention_aware_policy = requires(P& policy, index_t layer_index, const keep_list& keep) {
+  policy.on_retained(layer_index, keep);
+};
+
+namespace detail {
+
+// The layer-index check every policy with per-layer state makes.
+inline void check_layer_index(const char* function, index_t layer_index, index_t layers) {
+  require(layer_index >= 0 && layer_index < layers, function, ": layer_index is ", layer_index,
+          " but the policy was made for ", layers, " layers");
+}
+
+// Position of a slot, or the slot itself when the view records no positions.
+template <class T>
+position position_or_slot(const paged_kv_view<T>& layer, index_t head, index_t slot) noexcept {
+  return layer.positions != nullptr ? layer.position_of(head, slot) : slot;
+}
+
+}  // namespace detail
+}  // namespace attnkit
