@@ -52,12 +52,10 @@
 #include <chrono>
 #include <cmath>
 #include <cstddef>
-#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <mutex>
 #include <string>
-#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -74,10 +72,7 @@ using attnkit_bench::steady;
 // Measured ceilings (filled by main before any benchmark runs).
 // ------------------------------------------------------------------------------------------------
 
-struct machine_peak {
-  double fma_gflops = 0.0;
-  double read_gbs = 0.0;
-};
+using attnkit_bench::machine_peak;
 
 machine_peak peak_pool;    // default_thread_pool().concurrency() threads
 machine_peak peak_serial;  // 1 thread
@@ -497,22 +492,10 @@ void register_all() {
   register_decode<float, half>(decode_shape{32768, 128, 32, 8}, threading::serial);
 }
 
-std::string format(double value) {
-  char text[32];
-  std::snprintf(text, sizeof text, "%.1f", value);
-  return text;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool list_only = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    if (arg == "--benchmark_list_tests" || arg == "--benchmark_list_tests=true" ||
-        arg == "--benchmark_list_tests=1")
-      list_only = true;
-  }
+  const bool list_only = attnkit_bench::lists_benchmarks_only(argc, argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
 
@@ -520,30 +503,16 @@ int main(int argc, char** argv) {
   const std::size_t threads = attnkit::parallel::default_thread_pool().concurrency();
   register_all();
   if (!list_only) {
-    peak_pool = {attnkit_bench::measure_fma_peak_gflops(threads),
-                 attnkit_bench::measure_read_bandwidth_gbs(threads)};
-    peak_serial = {attnkit_bench::measure_fma_peak_gflops(1),
-                   attnkit_bench::measure_read_bandwidth_gbs(1)};
-    const std::string t = std::to_string(threads);
+    peak_pool = attnkit_bench::measure_peak(threads);
+    peak_serial = attnkit_bench::measure_peak(1);
     benchmark::AddCustomContext("attnkit_arch", xsimd::default_arch::name());
-    benchmark::AddCustomContext("attnkit_threads", t);
-    benchmark::AddCustomContext("peak_fma_gflops_" + t + "t", format(peak_pool.fma_gflops));
-    benchmark::AddCustomContext("peak_read_gbs_" + t + "t", format(peak_pool.read_gbs));
-    benchmark::AddCustomContext("peak_fma_gflops_1t", format(peak_serial.fma_gflops));
-    benchmark::AddCustomContext("peak_read_gbs_1t", format(peak_serial.read_gbs));
+    benchmark::AddCustomContext("attnkit_threads", std::to_string(threads));
+    attnkit_bench::add_peak_context(benchmark::AddCustomContext, threads, peak_pool);
+    attnkit_bench::add_peak_context(benchmark::AddCustomContext, 1, peak_serial);
   }
   benchmark::RunSpecifiedBenchmarks();
-  if (!list_only) {
-    // On a shared or virtualized machine the ceilings can move during a long run (vCPUs that
-    // share a physical core some of the time): say so rather than print misleading ratios.
-    const double fma_after = attnkit_bench::measure_fma_peak_gflops(threads);
-    if (std::abs(fma_after / peak_pool.fma_gflops - 1.0) > 0.15)
-      std::fprintf(stderr,
-                   "bench_dense: warning: the %zu-thread FMA peak moved during the run (%.1f "
-                   "GFLOP/s at the start, %.1f at the end): peak_fraction values are only as "
-                   "good as that\n",
-                   threads, peak_pool.fma_gflops, fma_after);
-  }
+  if (!list_only)
+    attnkit_bench::warn_if_fma_peak_moved("bench_dense", threads, peak_pool.fma_gflops);
   benchmark::Shutdown();
   return 0;
 }

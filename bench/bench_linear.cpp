@@ -35,11 +35,8 @@
 #include <attnkit/feature/identity.hpp>
 #include <attnkit/linear/linear_attention.hpp>
 #include <chrono>
-#include <cmath>
-#include <cstdio>
 #include <ctime>
 #include <string>
-#include <string_view>
 
 #include "peak.hpp"
 #include "workload.hpp"
@@ -50,11 +47,7 @@ using attnkit::index_t;
 using attnkit_bench::buffer;
 using attnkit_bench::steady;
 
-struct machine_peak {
-  double fma_gflops = 0.0;
-  double read_gbs = 0.0;
-};
-machine_peak peak_pool;
+attnkit_bench::machine_peak peak_pool;
 
 std::size_t pool_threads() { return attnkit::parallel::default_thread_pool().concurrency(); }
 
@@ -214,45 +207,23 @@ void register_all() {
   }
 }
 
-std::string format(double value) {
-  char text[32];
-  std::snprintf(text, sizeof text, "%.1f", value);
-  return text;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool list_only = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    if (arg == "--benchmark_list_tests" || arg == "--benchmark_list_tests=true" ||
-        arg == "--benchmark_list_tests=1")
-      list_only = true;
-  }
+  const bool list_only = attnkit_bench::lists_benchmarks_only(argc, argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   const std::size_t threads = pool_threads();
   register_all();
   if (!list_only) {
-    peak_pool = {attnkit_bench::measure_fma_peak_gflops(threads),
-                 attnkit_bench::measure_read_bandwidth_gbs(threads)};
-    const std::string t = std::to_string(threads);
+    peak_pool = attnkit_bench::measure_peak(threads);
     benchmark::AddCustomContext("attnkit_arch", xsimd::default_arch::name());
-    benchmark::AddCustomContext("attnkit_threads", t);
-    benchmark::AddCustomContext("peak_fma_gflops_" + t + "t", format(peak_pool.fma_gflops));
-    benchmark::AddCustomContext("peak_read_gbs_" + t + "t", format(peak_pool.read_gbs));
+    benchmark::AddCustomContext("attnkit_threads", std::to_string(threads));
+    attnkit_bench::add_peak_context(benchmark::AddCustomContext, threads, peak_pool);
   }
   benchmark::RunSpecifiedBenchmarks();
-  if (!list_only) {
-    const double fma_after = attnkit_bench::measure_fma_peak_gflops(threads);
-    if (std::abs(fma_after / peak_pool.fma_gflops - 1.0) > 0.15)
-      std::fprintf(stderr,
-                   "bench_linear: warning: the %zu-thread FMA peak moved during the run (%.1f "
-                   "GFLOP/s at the start, %.1f at the end): peak_fraction values are only as "
-                   "good as that\n",
-                   threads, peak_pool.fma_gflops, fma_after);
-  }
+  if (!list_only)
+    attnkit_bench::warn_if_fma_peak_moved("bench_linear", threads, peak_pool.fma_gflops);
   benchmark::Shutdown();
   return 0;
 }

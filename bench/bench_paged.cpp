@@ -27,11 +27,9 @@
 #include <attnkit/attnkit.hpp>
 #include <chrono>
 #include <cstddef>
-#include <cstdio>
 #include <ctime>
 #include <numeric>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "peak.hpp"
@@ -162,13 +160,7 @@ void register_all_for() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool list_only = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    if (arg == "--benchmark_list_tests" || arg == "--benchmark_list_tests=true" ||
-        arg == "--benchmark_list_tests=1")
-      list_only = true;
-  }
+  const bool list_only = attnkit_bench::lists_benchmarks_only(argc, argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   const std::size_t threads = attnkit::parallel::default_thread_pool().concurrency();
@@ -176,10 +168,8 @@ int main(int argc, char** argv) {
   register_all_for<float>();
   if (!list_only) {
     peak_read_gbs = attnkit_bench::measure_read_bandwidth_gbs(threads);
-    char text[32];
-    std::snprintf(text, sizeof text, "%.1f", peak_read_gbs);
     benchmark::AddCustomContext("attnkit_threads", std::to_string(threads));
-    benchmark::AddCustomContext("peak_read_gbs_" + std::to_string(threads) + "t", text);
+    attnkit_bench::add_peak_context(benchmark::AddCustomContext, threads, {0.0, peak_read_gbs});
   }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

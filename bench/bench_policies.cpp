@@ -46,24 +46,13 @@ constexpr index_t n_kv = 32768, q_heads = 32, kv_heads = 8, head_dim = 128, page
 
 std::map<std::string, double> seconds_per_call;
 
-void evict_caches() {
-  static const buffer<float> sweep = [] {
-    buffer<float> b(attnkit_bench::default_bandwidth_bytes() / sizeof(float));
-    attnkit_bench::fill_zero(b);
-    return b;
-  }();
-  float sum = 0.0f;
-  for (std::size_t i = 0; i < sweep.size(); i += 16) sum += sweep.data()[i];
-  attnkit_bench::keep(sum);
-}
-
 template <class Setup, class Call>
 double timed(benchmark::State& state, bool cold, Setup&& setup, Call&& call) {
   double total = 0.0;
   for (auto _ : state) {
     state.PauseTiming();
     setup();
-    if (cold) evict_caches();
+    if (cold) attnkit_bench::sweep_caches();
     state.ResumeTiming();
     const auto start = std::chrono::steady_clock::now();
     call();

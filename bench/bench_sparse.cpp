@@ -67,19 +67,10 @@ std::map<std::string, double> seconds_per_call;
 
 // Streams a buffer larger than the last-level cache so the next call starts cold.
 void evict_caches() {
-  static const buffer<float> sweep = [] {
-    buffer<float> b(attnkit_bench::default_bandwidth_bytes() / sizeof(float));
-    attnkit_bench::fill_zero(b);
-    return b;
-  }();
+  attnkit_bench::cache_sweep_buffer();  // allocated here, not inside a worker
   auto& pool = attnkit::parallel::default_thread_pool();
   const std::size_t slices = pool.concurrency();
-  pool(slices, [&](std::size_t s) {
-    const std::size_t n = sweep.size();
-    float sum = 0.0f;
-    for (std::size_t i = n * s / slices; i < n * (s + 1) / slices; i += 16) sum += sweep.data()[i];
-    attnkit_bench::keep(sum);
-  });
+  pool(slices, [&](std::size_t s) { attnkit_bench::sweep_caches(s, slices); });
 }
 
 // Times `call` per iteration, optionally evicting the caches (untimed) before each.

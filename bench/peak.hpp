@@ -20,11 +20,15 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <new>
+#include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -219,6 +223,65 @@ inline double measure_read_bandwidth_gbs(std::size_t threads, std::size_t total_
     best = std::max(best, double(share) * double(threads) / seconds * 1e-9);
   }
   return best;
+}
+
+// ------------------------------------------------------------------------------------------------
+// What the benchmark mains share: measuring the ceilings once, naming them in the run's context,
+// and saying when they moved during the run. Free of Google Benchmark (examples/demo.cpp includes
+// this header too): the context goes through the caller's add_context(name, value), e.g.
+// benchmark::AddCustomContext.
+// ------------------------------------------------------------------------------------------------
+
+// The ceilings of one thread count; a ceiling left at 0 was not measured.
+struct machine_peak {
+  double fma_gflops = 0.0;
+  double read_gbs = 0.0;
+};
+
+inline machine_peak measure_peak(std::size_t threads) {
+  return {measure_fma_peak_gflops(threads), measure_read_bandwidth_gbs(threads)};
+}
+
+// True when the command line only asks Google Benchmark to list the benchmarks: the mains then
+// skip the peak probes (seconds of work nobody reads).
+inline bool lists_benchmarks_only(int argc, char** argv) {
+  bool list_only = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--benchmark_list_tests" || arg == "--benchmark_list_tests=true" ||
+        arg == "--benchmark_list_tests=1")
+      list_only = true;
+  }
+  return list_only;
+}
+
+// A ceiling as the context prints it: one decimal.
+inline std::string one_decimal(double value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f", value);
+  return text;
+}
+
+// Calls add_context(name, value) for the measured ceilings of `threads` threads:
+// peak_fma_gflops_<threads>t, then peak_read_gbs_<threads>t (one not measured is left out).
+template <class AddContext>
+void add_peak_context(AddContext&& add_context, std::size_t threads, const machine_peak& peak) {
+  const std::string t = std::to_string(threads);
+  if (peak.fma_gflops > 0.0)
+    add_context("peak_fma_gflops_" + t + "t", one_decimal(peak.fma_gflops));
+  if (peak.read_gbs > 0.0) add_context("peak_read_gbs_" + t + "t", one_decimal(peak.read_gbs));
+}
+
+// On a shared or virtualized machine the ceilings can move during a long run (vCPUs that share a
+// physical core some of the time): re-measures the FMA peak after the run and warns on stderr
+// when it moved by more than 15%, rather than let misleading ratios pass.
+inline void warn_if_fma_peak_moved(const char* program, std::size_t threads, double fma_before) {
+  const double fma_after = measure_fma_peak_gflops(threads);
+  if (std::abs(fma_after / fma_before - 1.0) > 0.15)
+    std::fprintf(stderr,
+                 "%s: warning: the %zu-thread FMA peak moved during the run (%.1f GFLOP/s at the "
+                 "start, %.1f at the end): peak_fraction values are only as good as that\n",
+                 program, threads, fma_before, fma_after);
 }
 
 }  // namespace attnkit_bench

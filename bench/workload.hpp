@@ -81,6 +81,32 @@ void fill_zero(const buffer<T>& b) {
 }
 
 // ------------------------------------------------------------------------------------------------
+// Cold calls: streaming a buffer larger than the last-level cache (the bandwidth probe's size)
+// between calls, so the next one starts with nothing of its working set cached.
+// ------------------------------------------------------------------------------------------------
+
+// The buffer, allocated and zeroed on first use (call it before handing slices to a pool).
+inline const buffer<float>& cache_sweep_buffer() {
+  static const buffer<float> sweep = [] {
+    buffer<float> b(default_bandwidth_bytes() / sizeof(float));
+    fill_zero(b);
+    return b;
+  }();
+  return sweep;
+}
+
+// Reads slice `slice` of `slices` of the buffer, one float per 64-byte line: one thread reads
+// the whole buffer (slices = 1), or a pool splits it so every core's private caches go cold too.
+inline void sweep_caches(std::size_t slice = 0, std::size_t slices = 1) {
+  const buffer<float>& sweep = cache_sweep_buffer();
+  const std::size_t n = sweep.size();
+  float sum = 0.0f;
+  for (std::size_t i = n * slice / slices; i < n * (slice + 1) / slices; i += 16)
+    sum += sweep.data()[i];
+  keep(sum);
+}
+
+// ------------------------------------------------------------------------------------------------
 // The work a shape represents.
 // ------------------------------------------------------------------------------------------------
 

@@ -85,12 +85,7 @@ TEST_CASE("linear attention: a prompt in pieces, then decode token by token, equ
       for (std::size_t i = 0; i + 1 < std::size(cuts); ++i) run_piece(cuts[i], cuts[i + 1]);
       for (index_t t = 205; t < s.tokens; ++t) run_piece(t, t + 1);
 
-      const comparison c = compare_linear_output(out, ref);
-      INFO(c.describe());
-      CHECK(c.ok());
-      const comparison cs = compare_states(state, ref_state);
-      INFO(cs.describe());
-      CHECK(cs.ok());
+      check_output_and_state(out, ref, state, ref_state);
 
       // The reference chains the same way (its state goes through fp32 between calls).
       linear_state ref_pieces_state;
@@ -285,12 +280,7 @@ TEST_CASE("linear attention: extreme inputs and decays", "[linear][extreme]") {
         linear_state state;
         const auto got =
             run_linear<float>(attnkit::cpu, form, in, feature::elu_plus_one{}, state, options);
-        const comparison c = compare_linear_output(got, ref);
-        INFO(c.describe());
-        CHECK(c.ok());
-        const comparison cs = compare_states(state, ref_state);
-        INFO(cs.describe());
-        CHECK(cs.ok());
+        check_output_and_state(got, ref, state, ref_state);
       }
     }
   }

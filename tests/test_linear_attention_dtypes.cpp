@@ -29,13 +29,8 @@ void check_dtypes(layout l, std::uint64_t seed) {
       linear_state state;
       const auto got = run_linear<TO>(attnkit::cpu, form, in, feature::elu_plus_one{}, state,
                                       options, wide_executor{}, l);
-      const comparison c = compare_linear_output(got, ref);
-      INFO(c.describe());
-      CHECK(c.ok());
+      check_output_and_state(got, ref, state, ref_state);
       CHECK(got.clobbered_outside() == 0);
-      const comparison cs = compare_states(state, ref_state);
-      INFO(cs.describe());
-      CHECK(cs.ok());
     }
   }
 }

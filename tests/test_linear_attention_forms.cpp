@@ -82,13 +82,8 @@ void check_forms(const Map& map, const linear_shape& s, bool normalize, bool dec
           wide ? run_linear<float>(attnkit::cpu, form, in, map, state, options, wide_executor{})
                : run_linear<float>(attnkit::cpu, form, in, map, state, options,
                                    attnkit::parallel::serial{});
-      const comparison c = compare_linear_output(got, ref);
-      INFO(c.describe());
-      CHECK(c.ok());
+      check_output_and_state(got, ref, state, ref_state);
       CHECK(got.clobbered_outside() == 0);
-      const comparison cs = compare_states(state, ref_state);
-      INFO(cs.describe());
-      CHECK(cs.ok());
       CHECK(state.tokens() == s.tokens);
     }
   }
@@ -159,12 +154,7 @@ TEST_CASE("linear attention: chunked and recurrent agree on long sequences at he
                                                  chunked_state, options);
           const auto recurrent = run_linear<float>(attnkit::cpu, linear_form::recurrent, in, map,
                                                    recurrent_state, options);
-          const comparison c = compare_linear_output(chunked, recurrent);
-          INFO(c.describe());
-          CHECK(c.ok());
-          const comparison cs = compare_states(chunked_state, recurrent_state);
-          INFO(cs.describe());
-          CHECK(cs.ok());
+          check_output_and_state(chunked, recurrent, chunked_state, recurrent_state);
         });
       }
   }

@@ -24,6 +24,7 @@
 #include "attnkit/kvcache/policies/razor.hpp"
 #include "attnkit/kvcache/policies/streaming.hpp"
 #include "attnkit/kvcache/policy.hpp"
+#include "support/kv_policy.hpp"
 
 using attnkit::budget;
 using attnkit::head_role;
@@ -31,6 +32,9 @@ using attnkit::head_table;
 using attnkit::index_t;
 using attnkit::keep_list;
 using attnkit::position;
+using attnkit_test::positions_of;
+using attnkit_test::range;
+using attnkit_test::slots_of;
 
 namespace {
 
@@ -63,28 +67,9 @@ attnkit::kv_cache<float> make_cache(index_t layers, index_t kv_heads, index_t he
   return cache;
 }
 
-std::vector<index_t> slots_of(const keep_list& keep, index_t head) {
-  const auto s = keep.slots(head);
-  return {s.begin(), s.end()};
-}
-
-std::vector<index_t> range(index_t begin, index_t end) {
-  std::vector<index_t> r;
-  for (index_t i = begin; i < end; ++i) r.push_back(i);
-  return r;
-}
-
 std::vector<index_t> concat(std::vector<index_t> a, const std::vector<index_t>& b) {
   a.insert(a.end(), b.begin(), b.end());
   return a;
-}
-
-std::vector<position> positions_of(const attnkit::kv_cache<float>& cache, index_t layer,
-                                   index_t head) {
-  std::vector<position> p;
-  for (index_t s = 0; s < cache.length(layer, head); ++s)
-    p.push_back(cache.position_of(layer, head, s));
-  return p;
 }
 
 // Everything a policy can change in a cache: lengths, positions, key and value rows.

@@ -12,7 +12,6 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <numeric>
 #include <vector>
 
 #include "attnkit/attention/attention.hpp"
@@ -30,6 +29,7 @@
 #include "attnkit/kvcache/policy.hpp"
 #include "attnkit/kvcache/top_slots.hpp"
 #include "support/cpu_kernel.hpp"
+#include "support/kv_policy.hpp"
 #include "support/random.hpp"
 
 using attnkit::attention_shape;
@@ -38,6 +38,9 @@ using attnkit::index_t;
 using attnkit::keep_list;
 using attnkit::observed_row;
 using attnkit::position;
+using attnkit_test::positions_of;
+using attnkit_test::range;
+using attnkit_test::slots_of;
 
 namespace {
 
@@ -84,25 +87,6 @@ void observe_call(Observer& observer, index_t kv_heads, index_t kv_tokens,
       const auto& p = rows[static_cast<std::size_t>(t)][static_cast<std::size_t>(h)];
       observer(observed_row{t, h, h / group, std::span<const float>(p)});
     }
-}
-
-std::vector<index_t> slots_of(const keep_list& keep, index_t head) {
-  const auto s = keep.slots(head);
-  return {s.begin(), s.end()};
-}
-
-std::vector<position> positions_of(const attnkit::kv_cache<float>& cache, index_t layer,
-                                   index_t head) {
-  std::vector<position> p;
-  for (index_t s = 0; s < cache.length(layer, head); ++s)
-    p.push_back(cache.position_of(layer, head, s));
-  return p;
-}
-
-std::vector<index_t> range(index_t begin, index_t end) {
-  std::vector<index_t> r(static_cast<std::size_t>(end - begin));
-  std::iota(r.begin(), r.end(), begin);
-  return r;
 }
 
 // Scores given by the test, for AdaKV.

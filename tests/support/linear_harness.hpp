@@ -15,6 +15,7 @@
 #pragma once
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -172,6 +173,19 @@ inline comparison compare_states(const linear_state& got, const linear_state& re
     for (index_t f = 0; f < ref.feature_dim(); ++f) cz.add(gz(h, f), rz(h, f), {h, f, -1});
   if (!cz.ok()) return cz;
   return c;
+}
+
+// CHECKs an output and the state the call left against the expected pair (the reference's, or
+// another form's), with each comparison's description as context.
+template <class TO>
+void check_output_and_state(const tensor3<TO>& got, const tensor3<float>& expected,
+                            const linear_state& state, const linear_state& expected_state) {
+  const comparison c = compare_linear_output(got, expected);
+  INFO(c.describe());
+  CHECK(c.ok());
+  const comparison cs = compare_states(state, expected_state);
+  INFO(cs.describe());
+  CHECK(cs.ok());
 }
 
 }  // namespace attnkit_test

@@ -33,6 +33,33 @@ inline void check_extent(const char* function, const char* what, index_t value,
           expected);
 }
 
+// At least one head of each kind, and q_heads a multiple of kv_heads (grouped-query attention:
+// each KV head serves a group of query heads); returns the group size. The messages name the KV
+// head count as kv_name followed by kv_where: "kv_heads (k extent 1)", or "kv.kv_heads" for a
+// paged cache.
+inline index_t check_head_counts(const char* function, index_t q_heads, index_t kv_heads,
+                                 const char* kv_name = "kv_heads",
+                                 const char* kv_where = " (k extent 1)") {
+  require(q_heads >= 1, function, ": q_heads (q extent 1) is ", q_heads,
+          ", at least one head is needed");
+  require(kv_heads >= 1, function, ": ", kv_name, kv_where, " is ", kv_heads,
+          ", at least one head is needed");
+  require(q_heads % kv_heads == 0, function, ": q_heads (", q_heads, ") is not a multiple of ",
+          kv_name, " (", kv_heads, ")");
+  return q_heads / kv_heads;
+}
+
+// out is [q tokens, q_heads, row]: row_what names out's extent 2 ("out head_dim (extent 2)"),
+// expected_row_what where its width comes from ("q head_dim").
+template <class TO>
+void check_out_extents(const char* function, const tensor_view<TO, 3>& out, index_t q_tokens,
+                       index_t q_heads, const char* row_what, const char* expected_row_what,
+                       index_t row) {
+  check_extent(function, "out tokens (extent 0)", out.extent(0), "q tokens", q_tokens);
+  check_extent(function, "out heads (extent 1)", out.extent(1), "q_heads", q_heads);
+  check_extent(function, row_what, out.extent(2), expected_row_what, row);
+}
+
 // The options, for a call whose shape fields of `p` are set: resolves them into `p`.
 inline void check_attention_options(const char* function, const attention_options& options,
                                     attention_params& p) {
@@ -89,16 +116,9 @@ attention_params check_attention_arguments(const char* function, const tensor_vi
   check_extent(function, "v tokens (extent 0)", v.extent(0), "k tokens", p.kv_tokens);
   check_extent(function, "v kv_heads (extent 1)", v.extent(1), "k kv_heads", p.kv_heads);
   check_extent(function, "v head_dim (extent 2)", v.extent(2), "q head_dim", p.head_dim);
-  require(p.q_heads >= 1, function, ": q_heads (q extent 1) is ", p.q_heads,
-          ", at least one head is needed");
-  require(p.kv_heads >= 1, function, ": kv_heads (k extent 1) is ", p.kv_heads,
-          ", at least one head is needed");
-  require(p.q_heads % p.kv_heads == 0, function, ": q_heads (", p.q_heads,
-          ") is not a multiple of kv_heads (", p.kv_heads, ")");
-  p.group_size = p.q_heads / p.kv_heads;
-  check_extent(function, "out tokens (extent 0)", out.extent(0), "q tokens", p.q_tokens);
-  check_extent(function, "out heads (extent 1)", out.extent(1), "q_heads", p.q_heads);
-  check_extent(function, "out head_dim (extent 2)", out.extent(2), "q head_dim", p.head_dim);
+  p.group_size = check_head_counts(function, p.q_heads, p.kv_heads);
+  check_out_extents(function, out, p.q_tokens, p.q_heads, "out head_dim (extent 2)", "q head_dim",
+                    p.head_dim);
   check_view_data(function, "q", q);
   check_view_data(function, "k", k);
   check_view_data(function, "v", v);
@@ -174,16 +194,9 @@ attention_params check_paged_attention_arguments(const char* function, const ten
   require(p.head_dim >= 1 && p.head_dim <= max_head_dim, function, ": head_dim (q extent 2) is ",
           p.head_dim, ", supported head dims are 1..", max_head_dim);
   check_extent(function, "kv.head_dim", kv.head_dim, "q head_dim", p.head_dim);
-  require(p.q_heads >= 1, function, ": q_heads (q extent 1) is ", p.q_heads,
-          ", at least one head is needed");
-  require(p.kv_heads >= 1, function, ": kv.kv_heads is ", p.kv_heads,
-          ", at least one head is needed");
-  require(p.q_heads % p.kv_heads == 0, function, ": q_heads (", p.q_heads,
-          ") is not a multiple of kv.kv_heads (", p.kv_heads, ")");
-  p.group_size = p.q_heads / p.kv_heads;
-  check_extent(function, "out tokens (extent 0)", out.extent(0), "q tokens", p.q_tokens);
-  check_extent(function, "out heads (extent 1)", out.extent(1), "q_heads", p.q_heads);
-  check_extent(function, "out head_dim (extent 2)", out.extent(2), "q head_dim", p.head_dim);
+  p.group_size = check_head_counts(function, p.q_heads, p.kv_heads, "kv.kv_heads", "");
+  check_out_extents(function, out, p.q_tokens, p.q_heads, "out head_dim (extent 2)", "q head_dim",
+                    p.head_dim);
   check_view_data(function, "q", q);
   check_view_data(function, "out", out);
 

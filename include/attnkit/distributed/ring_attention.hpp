@@ -125,18 +125,11 @@ requires(std::same_as<Mask, full> || std::same_as<Mask, causal>) void ring_atten
   const bool want_lse = detail::log_sum_exp_requested(options);
   const detail::call_table table = detail::agree_on_call(
       comm, function, local_error,
-      {{"q_heads", q.extent(1)},
-       {"kv_heads", k.extent(1)},
-       {"head_dim", q.extent(2)},
-       {"query element type", detail::element_type_code<TQ>(), detail::shown_as::element_type},
-       {"key/value element type", detail::element_type_code<TK>(), detail::shown_as::element_type},
-       {"output element type", detail::element_type_code<TO>(), detail::shown_as::element_type},
-       {"mask (0 = full, 1 = causal)", is_causal ? 1 : 0},
-       {"scale", detail::scale_bits(options, q.extent(2)), detail::shown_as::float_bits},
-       {"softcap", detail::softcap_bits(options), detail::shown_as::float_bits},
-       {"ring_options::balance_causal (0/1)", ring.balance_causal ? 1 : 0},
-       {"ring_options::layout (0 = contiguous, 1 = zigzag)",
-        static_cast<std::int64_t>(ring.layout)}},
+      detail::attention_agreed_values<TQ, TK, TO>(
+          q.extent(1), k.extent(1), q.extent(2), is_causal, options, {},
+          {{"ring_options::balance_causal (0/1)", ring.balance_causal ? 1 : 0},
+           {"ring_options::layout (0 = contiguous, 1 = zigzag)",
+            static_cast<std::int64_t>(ring.layout)}}),
       {q.extent(0), want_lse ? 1 : 0});
 
   const int ranks = table.ranks();

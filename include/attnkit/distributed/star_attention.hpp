@@ -69,15 +69,8 @@ requires(std::same_as<Mask, full> || std::same_as<Mask, causal>) void star_encod
   });
   const detail::call_table table = detail::agree_on_call(
       comm, function, local_error,
-      {{"q_heads", q.extent(1)},
-       {"kv_heads", k.extent(1)},
-       {"head_dim", q.extent(2)},
-       {"query element type", detail::element_type_code<TQ>(), detail::shown_as::element_type},
-       {"key/value element type", detail::element_type_code<TK>(), detail::shown_as::element_type},
-       {"output element type", detail::element_type_code<TO>(), detail::shown_as::element_type},
-       {"mask (0 = full, 1 = causal)", std::same_as<Mask, causal> ? 1 : 0},
-       {"scale", detail::scale_bits(options, q.extent(2)), detail::shown_as::float_bits},
-       {"softcap", detail::softcap_bits(options), detail::shown_as::float_bits}},
+      detail::attention_agreed_values<TQ, TK, TO>(q.extent(1), k.extent(1), q.extent(2),
+                                                  std::same_as<Mask, causal>, options),
       {k.extent(0)});
   int rank = 0;
   MPI_Comm_rank(comm, &rank);

@@ -46,16 +46,9 @@ linear_params check_linear_arguments(const char* function, const tensor_view<TQ,
   check_extent(function, "k key dim (extent 2)", k.extent(2), "q key dim", p.key_dim);
   check_extent(function, "v tokens (extent 0)", v.extent(0), "q tokens", p.tokens);
   check_extent(function, "v kv_heads (extent 1)", v.extent(1), "k kv_heads", p.kv_heads);
-  require(p.q_heads >= 1, function, ": q_heads (q extent 1) is ", p.q_heads,
-          ", at least one head is needed");
-  require(p.kv_heads >= 1, function, ": kv_heads (k extent 1) is ", p.kv_heads,
-          ", at least one head is needed");
-  require(p.q_heads % p.kv_heads == 0, function, ": q_heads (", p.q_heads,
-          ") is not a multiple of kv_heads (", p.kv_heads, ")");
-  p.group_size = p.q_heads / p.kv_heads;
-  check_extent(function, "out tokens (extent 0)", out.extent(0), "q tokens", p.tokens);
-  check_extent(function, "out heads (extent 1)", out.extent(1), "q_heads", p.q_heads);
-  check_extent(function, "out value dim (extent 2)", out.extent(2), "v value dim", p.value_dim);
+  p.group_size = check_head_counts(function, p.q_heads, p.kv_heads);
+  check_out_extents(function, out, p.tokens, p.q_heads, "out value dim (extent 2)", "v value dim",
+                    p.value_dim);
   check_view_data(function, "q", q);
   check_view_data(function, "k", k);
   check_view_data(function, "v", v);

@@ -64,10 +64,8 @@ void linear_read(const Backend& backend, tensor_view<TQ, 3> q, tensor_view<TO, 3
   detail::require(state.feature_dim() == p.feature_dim, function, ": state feature_dim is ",
                   state.feature_dim(), " but the feature map gives ", p.feature_dim,
                   " for key dim ", p.key_dim);
-  detail::check_extent(function, "out tokens (extent 0)", out.extent(0), "q tokens", p.tokens);
-  detail::check_extent(function, "out heads (extent 1)", out.extent(1), "q_heads", p.q_heads);
-  detail::check_extent(function, "out value dim (extent 2)", out.extent(2), "state value_dim",
-                       p.value_dim);
+  detail::check_out_extents(function, out, p.tokens, p.q_heads, "out value dim (extent 2)",
+                            "state value_dim", p.value_dim);
   detail::check_view_data(function, "q", q);
   detail::check_view_data(function, "out", out);
   if (p.tokens == 0) return;

@@ -142,6 +142,40 @@ prefetch_stream row_stream(const tensor_view<T, 3>& view, index_t token, index_t
                          view.stride(0) * index_t(sizeof(T)), tokens);
 }
 
+// The state update of one chunk of c tokens, shared by the chunked prefill and linear_append:
+//   S ← γ^c S + K̃ᵀ V,   z ← γ^c z + Σ_j K̃_j,   K̃_j = γ^(c-1-j) K_j,
+// with power(e) = γ^e (read only when `decays`). fk [c, fp] holds the chunk's feature rows and is
+// scaled in place to K̃; values [c, vp]; s [F, vp] and z [fp], all padded and aligned.
+// state_is_zero skips decaying a state known to be zero (the result is the same).
+template <class A, class Power>
+void add_chunk_to_state(index_t F, index_t fp, index_t vp, index_t c, bool decays,
+                        bool state_is_zero, Power&& power, float* fk, const float* values, float* s,
+                        float* z) {
+  using batch = xsimd::batch<float, A>;
+  constexpr index_t width = batch::size;
+  if (decays) {
+    const batch carried(power(c));
+    if (!state_is_zero) {
+      for (index_t f = 0; f < F; ++f)
+        for (index_t j = 0; j < vp; j += width)
+          (batch::load_aligned(s + f * vp + j) * carried).store_aligned(s + f * vp + j);
+      for (index_t f = 0; f < fp; f += width)
+        (batch::load_aligned(z + f) * carried).store_aligned(z + f);
+    }
+    for (index_t j = 0; j < c; ++j) {
+      const batch w(power(c - 1 - j));
+      for (index_t f = 0; f < fp; f += width)
+        (batch::load_aligned(fk + j * fp + f) * w).store_aligned(fk + j * fp + f);
+    }
+  }
+  for (index_t f = 0; f < fp; f += width) {
+    batch sum = batch::load_aligned(z + f);
+    for (index_t j = 0; j < c; ++j) sum += batch::load_aligned(fk + j * fp + f);
+    sum.store_aligned(z + f);
+  }
+  gemm<A>(F, vp, c, fk, 1, fp, values, vp, s, vp, /*accumulate=*/true);
+}
+
 // One work item: KV head `kv_head`, query heads [head_begin, head_begin + heads) of the whole
 // call (all of its chunks, in order).
 template <class A, index_t Chunk, class TQ, class TKV, class TO, class Map>
@@ -277,27 +311,9 @@ void chunked_item(const chunk_context<TQ, TKV, TO, Map>& cx, index_t kv_head, in
 
     // State: S ← γ^c S + K̃ᵀ V, z ← γ^c z + Σ K̃ with K̃_j = γ^(c-1-j) K_j (K rows scaled in place:
     // Kᵀ, already copied, keeps the undecayed scores' operand).
-    if (decays) {
-      const batch carried(powers[c]);
-      if (!state_is_zero) {
-        for (index_t f = 0; f < F; ++f)
-          for (index_t j = 0; j < vp; j += width)
-            (batch::load_aligned(s + f * vp + j) * carried).store_aligned(s + f * vp + j);
-        for (index_t f = 0; f < fp; f += width)
-          (batch::load_aligned(z + f) * carried).store_aligned(z + f);
-      }
-      for (index_t j = 0; j < c; ++j) {
-        const batch w(powers[c - 1 - j]);
-        for (index_t f = 0; f < fp; f += width)
-          (batch::load_aligned(fk + j * fp + f) * w).store_aligned(fk + j * fp + f);
-      }
-    }
-    for (index_t f = 0; f < fp; f += width) {
-      batch sum = batch::load_aligned(z + f);
-      for (index_t j = 0; j < c; ++j) sum += batch::load_aligned(fk + j * fp + f);
-      sum.store_aligned(z + f);
-    }
-    gemm<A>(F, vp, c, fk, 1, fp, values, vp, s, vp, /*accumulate=*/true);
+    add_chunk_to_state<A>(
+        F, fp, vp, c, decays, state_is_zero, [&](index_t e) { return powers[e]; }, fk, values, s,
+        z);
     state_is_zero = false;
   }
 }

@@ -79,8 +79,6 @@ void run_linear_read(tensor_view<const TQ, 3> q, tensor_view<TO, 3> out, const M
 template <class A, class TKV, class Map, class Executor>
 void run_linear_append(tensor_view<const TKV, 3> k, tensor_view<const TKV, 3> v, const Map& map,
                        linear_state& state, const linear_params& p, Executor& executor) {
-  using batch = xsimd::batch<float, A>;
-  constexpr index_t width = batch::size;
   constexpr index_t block = linear_chunk_tokens;
   const index_t F = p.feature_dim, fp = linear_padded(F);
   const index_t dv = p.value_dim, vp = linear_padded(dv);
@@ -100,25 +98,10 @@ void run_linear_append(tensor_view<const TKV, 3> k, tensor_view<const TKV, 3> v,
       feature_rows<A>(map, k.row(t0, g), k.stride(0), k.stride(2), c, p.key_dim, F, staging, fk,
                       fp);
       stage_rows<A>(v.row(t0, g), v.stride(0), v.stride(2), c, dv, values, vp, vp, 1.0f);
-      if (gamma < 1.0) {
-        const batch carried(static_cast<float>(std::pow(gamma, static_cast<double>(c))));
-        for (index_t f = 0; f < F; ++f)
-          for (index_t j = 0; j < vp; j += width)
-            (batch::load_aligned(s + f * vp + j) * carried).store_aligned(s + f * vp + j);
-        for (index_t f = 0; f < fp; f += width)
-          (batch::load_aligned(z + f) * carried).store_aligned(z + f);
-        for (index_t j = 0; j < c; ++j) {
-          const batch w(static_cast<float>(std::pow(gamma, static_cast<double>(c - 1 - j))));
-          for (index_t f = 0; f < fp; f += width)
-            (batch::load_aligned(fk + j * fp + f) * w).store_aligned(fk + j * fp + f);
-        }
-      }
-      for (index_t f = 0; f < fp; f += width) {
-        batch sum = batch::load_aligned(z + f);
-        for (index_t j = 0; j < c; ++j) sum += batch::load_aligned(fk + j * fp + f);
-        sum.store_aligned(z + f);
-      }
-      gemm<A>(F, vp, c, fk, 1, fp, values, vp, s, vp, /*accumulate=*/true);
+      add_chunk_to_state<A>(
+          F, fp, vp, c, gamma < 1.0, /*state_is_zero=*/false,
+          [&](index_t e) { return static_cast<float>(std::pow(gamma, static_cast<double>(e))); },
+          fk, values, s, z);
     }
   });
 }

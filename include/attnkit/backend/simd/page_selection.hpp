@@ -112,6 +112,22 @@ ATTNKIT_ALWAYS_INLINE void store_rounded(T* destination, float_batch<A> x,
 }
 #endif
 
+// Stores the bounds of `width` columns, rounded outward to T. + 0 turns a -0 into +0:
+// vminps/vmaxps return their second operand for a ±0 pair where std::min/max return their first,
+// and the backends must store the same bits.
+template <class A, class T>
+ATTNKIT_ALWAYS_INLINE void store_bounds(T* lo, T* hi, float_batch<A> mn, float_batch<A> mx) {
+  const float_batch<A> zero(0.0f);
+  store_rounded<false, A>(lo, mn + zero, A{});
+  store_rounded<true, A>(hi, mx + zero, A{});
+}
+// The same for one column.
+template <class T>
+ATTNKIT_ALWAYS_INLINE void store_bound(T* lo, T* hi, float mn, float mx) {
+  *lo = detail::round_down<T>(mn + 0.0f);
+  *hi = detail::round_up<T>(mx + 0.0f);
+}
+
 // Bounds of page p of KV head h from rows [begin, end) of k.
 template <class A, class TK, class Rows>
 void page_min_max(tensor_view<const TK, 3> k, index_t h, index_t p, index_t begin, index_t end,
@@ -132,11 +148,7 @@ void page_min_max(tensor_view<const TK, 3> k, index_t h, index_t p, index_t begi
         mn = xsimd::min(mn, x);
         mx = xsimd::max(mx, x);
       }
-      // + 0 turns a -0 into +0: vminps/vmaxps return their second operand for a ±0 pair where
-      // std::min/max return their first, and the backends must store the same bits.
-      const batch zero(0.0f);
-      store_rounded<false, A>(lo + c, mn + zero, A{});
-      store_rounded<true, A>(hi + c, mx + zero, A{});
+      store_bounds<A>(lo + c, hi + c, mn, mx);
     }
   }
   for (; c < dim; ++c) {
@@ -147,8 +159,7 @@ void page_min_max(tensor_view<const TK, 3> k, index_t h, index_t p, index_t begi
       mn = std::min(mn, x);
       mx = std::max(mx, x);
     }
-    lo[c] = detail::round_down<T>(mn + 0.0f);
-    hi[c] = detail::round_up<T>(mx + 0.0f);
+    store_bound(lo + c, hi + c, mn, mx);
   }
 }
 
@@ -175,9 +186,7 @@ void paged_page_min_max(const row_source<TK>& keys, index_t h, index_t p, index_
         mx = xsimd::max(mx, x);
       }
     });
-    const batch zero(0.0f);
-    store_rounded<false, A>(lo + c, mn + zero, A{});
-    store_rounded<true, A>(hi + c, mx + zero, A{});
+    store_bounds<A>(lo + c, hi + c, mn, mx);
   }
   for (; c < dim; ++c) {
     float mn = to_float(first[c]);
@@ -189,8 +198,7 @@ void paged_page_min_max(const row_source<TK>& keys, index_t h, index_t p, index_
         mx = std::max(mx, x);
       }
     });
-    lo[c] = detail::round_down<T>(mn + 0.0f);
-    hi[c] = detail::round_up<T>(mx + 0.0f);
+    store_bound(lo + c, hi + c, mn, mx);
   }
 }
 
@@ -297,6 +305,27 @@ inline std::vector<std::uint64_t>& page_key_scratch() {
   return keys;
 }
 
+// Runs work(first, last) over blocks of the `pairs` (KV head, page) pairs whose bounds an update
+// recomputes: one block when they are few (min_parallel_bounds_elements), else up to 4 blocks per
+// thread of the executor, so uneven pages still balance.
+template <class Rows, class Executor, class Work>
+void for_each_pair_block(index_t pairs, const Rows& bounds, Executor& executor, Work&& work) {
+  const index_t elements = pairs * bounds.page_size * bounds.head_dim;
+  index_t items = 1;
+  if (elements >= min_parallel_bounds_elements)
+    items = std::min<index_t>(pairs, 4 * static_cast<index_t>(parallel::concurrency_of(executor)));
+  const index_t per_item = (pairs + items - 1) / items;
+  items = (pairs + per_item - 1) / per_item;
+  auto run = [&](std::size_t item) {
+    const index_t first = static_cast<index_t>(item) * per_item;
+    work(first, std::min(first + per_item, pairs));
+  };
+  if (items == 1)
+    run(0);
+  else
+    executor(static_cast<std::size_t>(items), run);
+}
+
 }  // namespace simd
 
 template <class Arch, class TK, class Rows, class Executor>
@@ -306,26 +335,14 @@ void page_bounds_update_impl(backend::simd<Arch>, tensor_view<const TK, 3> k, in
   const index_t pairs = bounds.kv_heads * touched;
   if (pairs <= 0) return;
   const index_t tokens = k.extent(0);
-  const index_t elements = pairs * bounds.page_size * bounds.head_dim;
-  index_t items = 1;
-  if (elements >= simd::min_parallel_bounds_elements)
-    items = std::min<index_t>(pairs, 4 * static_cast<index_t>(parallel::concurrency_of(executor)));
-  const index_t per_item = (pairs + items - 1) / items;
-  items = (pairs + per_item - 1) / per_item;
-  auto run = [&](std::size_t item) {
-    const index_t first = static_cast<index_t>(item) * per_item;
-    const index_t last = std::min(first + per_item, pairs);
+  simd::for_each_pair_block(pairs, bounds, executor, [&](index_t first, index_t last) {
     for (index_t i = first; i < last; ++i) {
       const index_t h = i / touched;
       const index_t p = first_page + i % touched;
       const index_t begin = p * bounds.page_size;
       simd::page_min_max<Arch>(k, h, p, begin, std::min(begin + bounds.page_size, tokens), bounds);
     }
-  };
-  if (items == 1)
-    run(0);
-  else
-    executor(static_cast<std::size_t>(items), run);
+  });
 }
 
 // The same for a paged cache: pages [first_pages[h], end) of every KV head h, end covering its
@@ -334,27 +351,17 @@ template <class Arch, class TK, class Rows, class Executor>
 void page_bounds_update_impl(backend::simd<Arch>, const paged_kv_view<const TK>& kv,
                              const index_t* first_pages, const Rows& bounds, Executor& executor) {
   const simd::row_source<TK> keys = simd::row_source<TK>::paged(kv, kv.keys);
-  // (KV head, page) pairs, head by head: pairs[h] is the first pair of head h.
+  // (KV head, page) pairs, head by head: pages [first_pages[h], end) of head h.
+  auto head_pairs = [&](index_t head) {
+    return std::max<index_t>(
+        0, (kv.length(head) + bounds.page_size - 1) / bounds.page_size - first_pages[head]);
+  };
   index_t pairs = 0;
-  for (index_t h = 0; h < bounds.kv_heads; ++h)
-    pairs += std::max<index_t>(
-        0, (kv.length(h) + bounds.page_size - 1) / bounds.page_size - first_pages[h]);
+  for (index_t h = 0; h < bounds.kv_heads; ++h) pairs += head_pairs(h);
   if (pairs <= 0) return;
-  const index_t elements = pairs * bounds.page_size * bounds.head_dim;
-  index_t items = 1;
-  if (elements >= simd::min_parallel_bounds_elements)
-    items = std::min<index_t>(pairs, 4 * static_cast<index_t>(parallel::concurrency_of(executor)));
-  const index_t per_item = (pairs + items - 1) / items;
-  items = (pairs + per_item - 1) / per_item;
-  auto run = [&](std::size_t item) {
-    const index_t first = static_cast<index_t>(item) * per_item;
-    const index_t last = std::min(first + per_item, pairs);
-    // Find the item's first pair, then walk pages and heads.
+  simd::for_each_pair_block(pairs, bounds, executor, [&](index_t first, index_t last) {
+    // Find the block's first pair, then walk pages and heads.
     index_t h = 0, seen = 0;
-    auto head_pairs = [&](index_t head) {
-      return std::max<index_t>(
-          0, (kv.length(head) + bounds.page_size - 1) / bounds.page_size - first_pages[head]);
-    };
     while (seen + head_pairs(h) <= first) seen += head_pairs(h++);
     index_t p = first_pages[h] + (first - seen);
     for (index_t i = first; i < last; ++i) {
@@ -364,11 +371,7 @@ void page_bounds_update_impl(backend::simd<Arch>, const paged_kv_view<const TK>&
                                      std::min(begin + bounds.page_size, kv.length(h)), bounds);
       ++p;
     }
-  };
-  if (items == 1)
-    run(0);
-  else
-    executor(static_cast<std::size_t>(items), run);
+  });
 }
 
 template <class Arch, class TQ, class Rows, class Executor>

@@ -23,6 +23,8 @@
 #include <vector>
 
 #include "attnkit/core/error.hpp"
+#include "attnkit/core/options.hpp"
+#include "attnkit/distributed/detail/call_checks.hpp"
 #include "attnkit/distributed/detail/mpi_handles.hpp"
 
 namespace attnkit {
@@ -93,7 +95,7 @@ std::string capture_local_error(F&& validate) {
 // attnkit::error on every rank if any rank's local validation failed or the agreed values
 // differ. Returns the gathered table otherwise.
 inline call_table agree_on_call(MPI_Comm comm, const char* function, const std::string& local_error,
-                                std::initializer_list<agreed_value> agreed,
+                                const std::vector<agreed_value>& agreed,
                                 std::initializer_list<std::int64_t> per_rank) {
   int ranks = 0, rank = 0;
   MPI_Comm_size(comm, &ranks);
@@ -140,6 +142,30 @@ inline call_table agree_on_call(MPI_Comm comm, const char* function, const std::
     ++column;
   }
   return table;
+}
+
+// What every rank of a distributed attention call must pass identically: head counts, head_dim,
+// element types, the mask, scale and softcap, with the entry point's own values `before` and
+// `after` them (a disagreement is reported for the first value in this order).
+template <class TQ, class TK, class TO>
+std::vector<agreed_value> attention_agreed_values(index_t q_heads, index_t kv_heads,
+                                                  index_t head_dim, bool is_causal,
+                                                  const attention_options& options,
+                                                  std::initializer_list<agreed_value> before = {},
+                                                  std::initializer_list<agreed_value> after = {}) {
+  std::vector<agreed_value> values(before);
+  values.insert(values.end(),
+                {{"q_heads", q_heads},
+                 {"kv_heads", kv_heads},
+                 {"head_dim", head_dim},
+                 {"query element type", element_type_code<TQ>(), shown_as::element_type},
+                 {"key/value element type", element_type_code<TK>(), shown_as::element_type},
+                 {"output element type", element_type_code<TO>(), shown_as::element_type},
+                 {"mask (0 = full, 1 = causal)", is_causal ? 1 : 0},
+                 {"scale", scale_bits(options, head_dim), shown_as::float_bits},
+                 {"softcap", softcap_bits(options), shown_as::float_bits}});
+  values.insert(values.end(), after);
+  return values;
 }
 
 // Collective over comm: true on every rank when `ok` is true on every rank. Used after the

@@ -51,16 +51,8 @@ void sharded_attention(const char* function, MPI_Comm comm, const Backend& backe
   });
   const call_table table =
       agree_on_call(comm, function, local_error,
-                    {{"q tokens", q_tokens},
-                     {"q_heads", q_heads},
-                     {"kv_heads", k.extent(1)},
-                     {"head_dim", dim},
-                     {"query element type", element_type_code<TQ>(), shown_as::element_type},
-                     {"key/value element type", element_type_code<TK>(), shown_as::element_type},
-                     {"output element type", element_type_code<TO>(), shown_as::element_type},
-                     {"mask (0 = full, 1 = causal)", is_causal ? 1 : 0},
-                     {"scale", scale_bits(options, dim), shown_as::float_bits},
-                     {"softcap", softcap_bits(options), shown_as::float_bits}},
+                    attention_agreed_values<TQ, TK, TO>(q_heads, k.extent(1), dim, is_causal,
+                                                        options, {{"q tokens", q_tokens}}),
                     {k.extent(0)});
   if (q_tokens == 0) return;  // the same on every rank
 

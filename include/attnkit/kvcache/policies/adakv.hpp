@@ -52,9 +52,7 @@ class adakv_policy {
   void select(const paged_kv_view<const T>& layer, index_t layer_index, const budget& b,
               keep_list& keep) {
     constexpr const char* fn = "attnkit::adakv_policy::select";
-    b.check(fn, layer.kv_heads);
-    scorer_.validate(fn, layer, layer_index);
-    keep.reset(layer.kv_heads, layer.head_dim);
+    detail::begin_select(scorer_, fn, layer, layer_index, b, keep);
     const auto heads = static_cast<std::size_t>(layer.kv_heads);
     offsets_.assign(heads + 1, 0);
     index_t layer_budget = 0;

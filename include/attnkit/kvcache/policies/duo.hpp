@@ -18,9 +18,28 @@
 #include "attnkit/core/error.hpp"
 #include "attnkit/core/paged_kv_view.hpp"
 #include "attnkit/kvcache/head_table.hpp"
+#include "attnkit/kvcache/policies/streaming.hpp"
 #include "attnkit/kvcache/policy.hpp"
 
 namespace attnkit {
+namespace detail {
+
+// The split DuoAttention and RazorAttention share: resets `keep` for the layer, keeps every slot
+// of its retrieval heads and calls select_other(head, length) for every other head.
+template <class T, class SelectOther>
+void keep_retrieval_heads_whole(const head_table& heads, const paged_kv_view<const T>& layer,
+                                index_t layer_index, keep_list& keep, SelectOther&& select_other) {
+  keep.reset(layer.kv_heads, layer.head_dim);
+  for (index_t h = 0; h < layer.kv_heads; ++h) {
+    const index_t n = layer.length(h);
+    if (heads.role(layer_index, h) == head_role::retrieval)
+      keep.keep_range(h, 0, n);
+    else
+      select_other(h, n);
+  }
+}
+
+}  // namespace detail
 
 class duo_policy {
  public:
@@ -38,18 +57,9 @@ class duo_policy {
     constexpr const char* fn = "attnkit::duo_policy::select";
     b.check(fn, layer.kv_heads);
     heads_.check(fn, layer_index, layer.kv_heads);
-    keep.reset(layer.kv_heads, layer.head_dim);
-    for (index_t h = 0; h < layer.kv_heads; ++h) {
-      const index_t n = layer.length(h);
-      if (heads_.role(layer_index, h) == head_role::retrieval) {
-        keep.keep_range(h, 0, n);
-        continue;
-      }
-      const index_t count = b.keep_count(h, n);
-      const index_t first = std::min(sinks_, count);
-      keep.keep_range(h, 0, first);
-      keep.keep_range(h, n - (count - first), n);
-    }
+    detail::keep_retrieval_heads_whole(heads_, layer, layer_index, keep, [&](index_t h, index_t n) {
+      detail::keep_sinks_and_recent(keep, h, n, b.keep_count(h, n), sinks_);
+    });
   }
 
  private:

@@ -32,16 +32,13 @@ struct h2o_options {
   index_t observed_queries = 64;  // last query tokens of a prefill call that are observed
 };
 
-class h2o_policy {
+class h2o_policy : public detail::observed_scores {
  public:
   explicit h2o_policy(index_t layers = 1, h2o_options options = {})
-      : options_(checked(options)),
-        scores_(layers, score_update::accumulate, options.observed_queries) {}
+      : observed_scores(layers, score_update::accumulate, checked(options).observed_queries),
+        options_(options) {}
 
   const h2o_options& options() const noexcept { return options_; }
-  index_t layers() const noexcept { return scores_.layers(); }
-  attention_scores::observer_type& observer(index_t layer) { return scores_.observer(layer); }
-  attention_scores& scores() noexcept { return scores_; }
 
   // The same selection as select_by_scores over score() (the window at +inf), without writing
   // the scores out: the heavy hitters are the top of the mass before the window, read in place.
@@ -49,35 +46,20 @@ class h2o_policy {
   void select(const paged_kv_view<const T>& layer, index_t layer_index, const budget& b,
               keep_list& keep) {
     constexpr const char* fn = "attnkit::h2o_policy::select";
-    b.check(fn, layer.kv_heads);
-    validate(fn, layer, layer_index);
-    keep.reset(layer.kv_heads, layer.head_dim);
-    for (index_t h = 0; h < layer.kv_heads; ++h) {
-      const index_t n = layer.length(h);
-      const index_t count = b.keep_count(h, n);
-      if (count >= n) {
-        keep.keep_range(h, 0, n);
-        continue;
-      }
-      const index_t heavy = heavy_count(count);
-      const index_t recent = count - heavy;
-      const std::span<const float> mass = scores_.head(fn, layer_index, layer.kv_heads, h, n);
-      scratch_.top.select_runs(mass.first(static_cast<std::size_t>(n - recent)), heavy,
-                               [&](index_t begin, index_t end) { keep.keep_range(h, begin, end); });
-      keep.keep_range(h, n - recent, n);
-    }
+    detail::select_per_head(
+        *this, fn, layer, layer_index, b, keep,
+        [&](index_t h, index_t n) { return b.keep_count(h, n); },
+        [&](index_t h, index_t n, index_t count) {
+          const index_t heavy = heavy_count(count);
+          const index_t recent = count - heavy;
+          const std::span<const float> mass = scores_.head(fn, layer_index, layer.kv_heads, h, n);
+          detail::keep_best(scratch_.top, mass.first(static_cast<std::size_t>(n - recent)), heavy,
+                            keep, h);
+          keep.keep_range(h, n - recent, n);
+        });
   }
-  void on_retained(index_t layer_index, const keep_list& keep) {
-    scores_.compact(layer_index, keep);
-  }
-  void reset() { scores_.reset(); }
-
-  // Scorer interface: +inf for the recent window (always kept), accumulated mass before it.
-  template <class T>
-  void validate(const char* function, const paged_kv_view<const T>& layer,
-                index_t layer_index) const {
-    scores_.check(function, layer_index, layer.kv_heads);
-  }
+  // Scorer interface (validate: observed_scores'): +inf for the recent window (always kept),
+  // accumulated mass before it.
   template <class T>
   void score(const paged_kv_view<const T>& layer, index_t layer_index, index_t head,
              index_t keep_count, std::span<float> out) {
@@ -104,8 +86,6 @@ class h2o_policy {
   }
 
   h2o_options options_;
-  attention_scores scores_;
-  detail::score_scratch scratch_;
 };
 
 }  // namespace attnkit

@@ -87,22 +87,9 @@ class pyramidkv_policy {
   template <class T>
   void select(const paged_kv_view<const T>& layer, index_t layer_index, const budget& b,
               keep_list& keep) {
-    constexpr const char* fn = "attnkit::pyramidkv_policy::select";
-    b.check(fn, layer.kv_heads);
-    snapkv_.validate(fn, layer, layer_index);
-    keep.reset(layer.kv_heads, layer.head_dim);
-    for (index_t h = 0; h < layer.kv_heads; ++h) {
-      const index_t n = layer.length(h);
-      const index_t count = layer_budget(layer_index, n, b.keep_count(h, n));
-      if (count >= n) {
-        keep.keep_range(h, 0, n);
-        continue;
-      }
-      const std::span<float> scores = scratch_.for_head(n);
-      snapkv_.score(layer, layer_index, h, count, scores);
-      scratch_.top.select_runs(scores, count,
-                               [&](index_t begin, index_t end) { keep.keep_range(h, begin, end); });
-    }
+    detail::select_by_scores(
+        snapkv_, "attnkit::pyramidkv_policy::select", layer, layer_index, b, keep, scratch_,
+        [&](index_t h, index_t n) { return layer_budget(layer_index, n, b.keep_count(h, n)); });
   }
   void on_retained(index_t layer_index, const keep_list& keep) {
     snapkv_.on_retained(layer_index, keep);

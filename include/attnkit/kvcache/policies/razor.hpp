@@ -37,6 +37,7 @@
 #include "attnkit/core/float16.hpp"
 #include "attnkit/core/paged_kv_view.hpp"
 #include "attnkit/kvcache/head_table.hpp"
+#include "attnkit/kvcache/policies/duo.hpp"
 #include "attnkit/kvcache/policy.hpp"
 
 namespace attnkit {
@@ -74,15 +75,9 @@ class razor_policy {
                       "'s compensation token was recorded at slot ", old, " but the head holds ",
                       layer.length(h), " tokens (was a keep list applied without on_retained?)");
     }
-    keep.reset(layer.kv_heads, layer.head_dim);
-    for (index_t h = 0; h < layer.kv_heads; ++h) {
-      const index_t n = layer.length(h);
-      if (heads_.role(layer_index, h) == head_role::retrieval) {
-        keep.keep_range(h, 0, n);
-        continue;
-      }
+    detail::keep_retrieval_heads_whole(heads_, layer, layer_index, keep, [&](index_t h, index_t n) {
       select_streaming_head(layer, layer_index, h, b.keep_count(h, n), keep);
-    }
+    });
   }
 
   void on_retained(index_t layer_index, const keep_list& keep) {

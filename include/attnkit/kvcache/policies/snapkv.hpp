@@ -43,15 +43,13 @@ struct snapkv_options {
   snapkv_pooling pooling = snapkv_pooling::average;
 };
 
-class snapkv_policy {
+class snapkv_policy : public detail::observed_scores {
  public:
   explicit snapkv_policy(index_t layers = 1, snapkv_options options = {})
-      : options_(checked(options)), scores_(layers, score_update::replace, options.window) {}
+      : observed_scores(layers, score_update::replace, checked(options).window),
+        options_(options) {}
 
   const snapkv_options& options() const noexcept { return options_; }
-  index_t layers() const noexcept { return scores_.layers(); }
-  attention_scores::observer_type& observer(index_t layer) { return scores_.observer(layer); }
-  attention_scores& scores() noexcept { return scores_; }
 
   template <class T>
   void select(const paged_kv_view<const T>& layer, index_t layer_index, const budget& b,
@@ -59,17 +57,8 @@ class snapkv_policy {
     detail::select_by_scores(*this, "attnkit::snapkv_policy::select", layer, layer_index, b, keep,
                              scratch_);
   }
-  void on_retained(index_t layer_index, const keep_list& keep) {
-    scores_.compact(layer_index, keep);
-  }
-  void reset() { scores_.reset(); }
-
-  // Scorer interface: pooled window votes before the window, +inf on it.
-  template <class T>
-  void validate(const char* function, const paged_kv_view<const T>& layer,
-                index_t layer_index) const {
-    scores_.check(function, layer_index, layer.kv_heads);
-  }
+  // Scorer interface (validate: observed_scores'): pooled window votes before the window, +inf
+  // on it.
   template <class T>
   void score(const paged_kv_view<const T>& layer, index_t layer_index, index_t head,
              index_t /*keep_count*/, std::span<float> out) {
@@ -112,8 +101,6 @@ class snapkv_policy {
   }
 
   snapkv_options options_;
-  attention_scores scores_;
-  detail::score_scratch scratch_;
 };
 
 }  // namespace attnkit

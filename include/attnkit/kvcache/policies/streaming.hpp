@@ -16,6 +16,18 @@
 #include "attnkit/kvcache/policy.hpp"
 
 namespace attnkit {
+namespace detail {
+
+// StreamingLLM's choice for one head of `length` slots that keeps `count`: its first
+// min(sinks, count) slots and the most recent rest (also DuoAttention's streaming heads).
+inline void keep_sinks_and_recent(keep_list& keep, index_t head, index_t length, index_t count,
+                                  index_t sinks) {
+  const index_t first = std::min(sinks, count);
+  keep.keep_range(head, 0, first);
+  keep.keep_range(head, length - (count - first), length);
+}
+
+}  // namespace detail
 
 class streaming_policy {
  public:
@@ -32,10 +44,7 @@ class streaming_policy {
     keep.reset(layer.kv_heads, layer.head_dim);
     for (index_t h = 0; h < layer.kv_heads; ++h) {
       const index_t n = layer.length(h);
-      const index_t count = b.keep_count(h, n);
-      const index_t first = std::min(sinks_, count);
-      keep.keep_range(h, 0, first);
-      keep.keep_range(h, n - (count - first), n);
+      detail::keep_sinks_and_recent(keep, h, n, b.keep_count(h, n), sinks_);
     }
   }
 

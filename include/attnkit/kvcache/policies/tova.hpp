@@ -35,14 +35,12 @@ struct tova_options {
   bool per_head = false;  // false: the paper's layer-wise rule
 };
 
-class tova_policy {
+class tova_policy : public detail::observed_scores {
  public:
   explicit tova_policy(index_t layers = 1, tova_options options = {})
-      : options_(options), scores_(layers, score_update::replace, 1) {}
+      : observed_scores(layers, score_update::replace, 1), options_(options) {}
 
   const tova_options& options() const noexcept { return options_; }
-  attention_scores::observer_type& observer(index_t layer) { return scores_.observer(layer); }
-  attention_scores& scores() noexcept { return scores_; }
 
   template <class T>
   void select(const paged_kv_view<const T>& layer, index_t layer_index, const budget& b,
@@ -52,9 +50,7 @@ class tova_policy {
       detail::select_by_scores(*this, fn, layer, layer_index, b, keep, scratch_);
       return;
     }
-    b.check(fn, layer.kv_heads);
-    validate(fn, layer, layer_index);
-    keep.reset(layer.kv_heads, layer.head_dim);
+    detail::begin_select(*this, fn, layer, layer_index, b, keep);
     if (layer.kv_heads == 0) return;
     const index_t n = layer.length(0);
     const index_t count = b.keep_count(0, n);
@@ -69,21 +65,15 @@ class tova_policy {
     }
     const std::span<float> scores = scratch_.for_head(n);
     score(layer, layer_index, 0, count, scores);
-    scratch_.top.select_runs(scores, count,
-                             [&](index_t begin, index_t end) { keep.keep_range(0, begin, end); });
+    detail::keep_best(scratch_.top, scores, count, keep, 0);
     for (index_t h = 1; h < layer.kv_heads; ++h) keep.assign(h, keep.slots(0));
   }
-  void on_retained(index_t layer_index, const keep_list& keep) {
-    scores_.compact(layer_index, keep);
-  }
-  void reset() { scores_.reset(); }
-
   // Scorer interface: the current query's weights, averaged over the layer's query heads
   // (layer-wise) or summed over the head's group (per_head; the same order as the average).
   template <class T>
   void validate(const char* function, const paged_kv_view<const T>& layer,
                 index_t layer_index) const {
-    scores_.check(function, layer_index, layer.kv_heads);
+    observed_scores::validate(function, layer, layer_index);
     if (options_.per_head) return;
     for (index_t h = 1; h < layer.kv_heads; ++h)
       detail::require(layer.length(h) == layer.length(0), function,
@@ -117,8 +107,6 @@ class tova_policy {
 
  private:
   tova_options options_;
-  attention_scores scores_;
-  detail::score_scratch scratch_;
 };
 
 }  // namespace attnkit
