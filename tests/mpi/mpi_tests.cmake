@@ -1,10 +1,11 @@
 # attnkit MPI tests: distributed attention (include/attnkit/distributed/mpi.hpp) run under
 # mpiexec at 1, 2, 3 and 4 ranks. Not Catch2-discovered: test_mpi_attention has its own main()
 # (MPI_Init ... MPI_Finalize) and exits non-zero on every rank when any check failed on any rank.
-# Included from tests/CMakeLists.txt when MPI_CXX_FOUND.
+# Included (include(), not add_subdirectory: its compile job is among the first Ninja starts)
+# from tests/CMakeLists.txt when MPI_CXX_FOUND.
 
-add_executable(test_mpi_attention test_mpi_attention.cpp)
-target_include_directories(test_mpi_attention PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/..) # support/
+add_executable(test_mpi_attention ${CMAKE_CURRENT_LIST_DIR}/test_mpi_attention.cpp)
+target_include_directories(test_mpi_attention PRIVATE ${CMAKE_CURRENT_LIST_DIR}/..) # support/
 target_link_libraries(test_mpi_attention PRIVATE attnkit::attnkit attnkit_project_flags
                                                  MPI::MPI_CXX)
 target_compile_options(test_mpi_attention PRIVATE ${ATTNKIT_TEST_SANITIZER_OPTIONS})
