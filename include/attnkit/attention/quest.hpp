@@ -69,6 +69,7 @@
 #include "attnkit/backend/reference/page_selection.hpp"
 #include "attnkit/backend/simd/page_selection.hpp"
 #include "attnkit/backend/tags.hpp"
+#include "attnkit/core/aligned_memory.hpp"
 #include "attnkit/core/directed_rounding.hpp"
 #include "attnkit/core/error.hpp"
 #include "attnkit/core/float16.hpp"
@@ -151,13 +152,10 @@ class page_bounds {
     const std::size_t elements =
         static_cast<std::size_t>(kv_heads * capacity_pages_ * 2 * padded_dim_);
     if (elements > 0) {
-      const std::size_t bytes = (elements * sizeof(T) + 63) / 64 * 64;
-      void* memory = std::aligned_alloc(64, bytes);
-      if (memory == nullptr) throw std::bad_alloc();
+      storage_ = detail::allocate_aligned<T>(elements);
       // Zeros in the padding lanes make them add nothing to the SIMD dot products (+0 is all
       // zero bits in every storage type).
-      std::memset(memory, 0, bytes);
-      storage_.reset(static_cast<T*>(memory));
+      std::memset(storage_.get(), 0, detail::aligned_bytes<T>(elements));
     }
   }
 
@@ -316,10 +314,6 @@ class page_bounds {
     return *std::min_element(head_tokens_.begin(), head_tokens_.end());
   }
 
-  struct free_deleter {
-    void operator()(T* p) const noexcept { std::free(p); }
-  };
-
   index_t page_size_ = 0;
   index_t kv_heads_ = 0;
   index_t head_dim_ = 0;
@@ -328,7 +322,7 @@ class page_bounds {
   index_t capacity_pages_ = 0;
   index_t tokens_ = 0;
   std::vector<index_t> head_tokens_;  // per KV head after a paged update; empty: all tokens_
-  std::unique_ptr<T, free_deleter> storage_;
+  detail::aligned_array<T> storage_;
 };
 
 namespace detail {

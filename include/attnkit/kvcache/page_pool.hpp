@@ -33,6 +33,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "attnkit/core/aligned_memory.hpp"
 #include "attnkit/core/config.hpp"
 #include "attnkit/core/error.hpp"
 #include "attnkit/core/float16.hpp"
@@ -50,26 +51,6 @@ struct kv_page_pool_config {
   index_t page_size = 16;      // tokens per page, 1..max_page_size (any value, not only 2^k)
   index_t head_dim = 0;        // elements per key (and value) row
 };
-
-namespace detail {
-
-struct free_deleter {
-  void operator()(void* p) const noexcept { std::free(p); }
-};
-
-// `count` elements of E, 64-byte aligned (a cache line, and an AVX-512 register) so that pages
-// whose byte size is a multiple of 64 all start on a cache line. Not initialised: see above.
-template <class E>
-std::unique_ptr<E, free_deleter> allocate_uninitialised(index_t count) {
-  static_assert(std::is_trivially_copyable_v<E> && std::is_trivially_destructible_v<E>);
-  if (count == 0) return {};
-  const std::size_t bytes = (static_cast<std::size_t>(count) * sizeof(E) + 63) / 64 * 64;
-  void* memory = std::aligned_alloc(64, bytes);
-  if (memory == nullptr) throw std::bad_alloc();
-  return std::unique_ptr<E, free_deleter>(static_cast<E*>(memory));
-}
-
-}  // namespace detail
 
 template <class T>
 class kv_page_pool {
@@ -95,9 +76,10 @@ class kv_page_pool {
                     capacity_, ") x page_size (", page_size_, ") x head_dim (", head_dim_,
                     ") overflows the address space");
 
-    keys_ = detail::allocate_uninitialised<T>(capacity_ * page_stride());
-    values_ = detail::allocate_uninitialised<T>(capacity_ * page_stride());
-    positions_ = detail::allocate_uninitialised<position>(capacity_ * page_size_);
+    keys_ = detail::allocate_aligned<T>(static_cast<std::size_t>(capacity_ * page_stride()));
+    values_ = detail::allocate_aligned<T>(static_cast<std::size_t>(capacity_ * page_stride()));
+    positions_ =
+        detail::allocate_aligned<position>(static_cast<std::size_t>(capacity_ * page_size_));
     in_use_.assign(static_cast<std::size_t>(capacity_), 0);
     // A stack: pages are handed out lowest id first, and a released page is the next one reused,
     // so the set of pages ever touched (resident memory, warm cache lines) stays as small as the
@@ -206,9 +188,9 @@ class kv_page_pool {
   index_t capacity_;
   index_t page_size_;
   index_t head_dim_;
-  std::unique_ptr<T, detail::free_deleter> keys_;
-  std::unique_ptr<T, detail::free_deleter> values_;
-  std::unique_ptr<position, detail::free_deleter> positions_;
+  detail::aligned_array<T> keys_;
+  detail::aligned_array<T> values_;
+  detail::aligned_array<position> positions_;
   mutable std::mutex mutex_;
   std::vector<page_id> free_;         // stack of free ids, capacity reserved for every page
   std::vector<std::uint8_t> in_use_;  // [capacity_pages]: 1 while allocated

@@ -20,6 +20,7 @@
 #include <memory>
 #include <new>
 
+#include "attnkit/core/aligned_memory.hpp"
 #include "attnkit/core/config.hpp"
 #include "attnkit/core/error.hpp"
 #include "attnkit/core/tensor_view.hpp"
@@ -121,11 +122,8 @@ class linear_state {
     value_dim_ = value_dim;
     padded_value_dim_ = round_up(value_dim);
     padded_feature_dim_ = round_up(feature_dim);
-    const std::size_t bytes = storage_floats() * sizeof(float);  // a multiple of 64
-    void* memory = std::aligned_alloc(64, bytes);
-    if (memory == nullptr) throw std::bad_alloc();
-    std::memset(memory, 0, bytes);
-    storage_.reset(static_cast<float*>(memory));
+    storage_ = detail::allocate_aligned<float>(storage_floats());  // a multiple of 16 floats
+    std::memset(storage_.get(), 0, storage_floats() * sizeof(float));
     tokens_ = 0;
     known_zero_ = true;
   }
@@ -143,11 +141,7 @@ class linear_state {
                              {kv_heads_, feature_dim_}, {z_head_stride(), 1});
   }
 
-  struct free_deleter {
-    void operator()(float* p) const noexcept { std::free(p); }
-  };
-
-  std::unique_ptr<float, free_deleter> storage_;
+  detail::aligned_array<float> storage_;
   index_t kv_heads_ = 0;
   index_t feature_dim_ = 0;
   index_t value_dim_ = 0;

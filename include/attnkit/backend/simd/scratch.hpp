@@ -13,6 +13,8 @@
 #include <memory>
 #include <new>
 
+#include "attnkit/core/aligned_memory.hpp"
+
 namespace attnkit {
 namespace detail {
 namespace simd {
@@ -22,20 +24,14 @@ class scratch_arena {
   // A buffer of at least `floats` floats, 64-byte aligned. Invalidates earlier pointers.
   float* reserve(std::size_t floats) {
     if (floats > capacity_) {
-      const std::size_t bytes = ((floats * sizeof(float) + 63) / 64) * 64;
-      void* memory = std::aligned_alloc(64, bytes);
-      if (memory == nullptr) throw std::bad_alloc();
-      buffer_.reset(static_cast<float*>(memory));
-      capacity_ = bytes / sizeof(float);
+      buffer_ = allocate_aligned<float>(floats);
+      capacity_ = aligned_bytes<float>(floats) / sizeof(float);
     }
     return buffer_.get();
   }
 
  private:
-  struct free_deleter {
-    void operator()(float* p) const noexcept { std::free(p); }
-  };
-  std::unique_ptr<float, free_deleter> buffer_;
+  aligned_array<float> buffer_;
   std::size_t capacity_ = 0;
 };
 
