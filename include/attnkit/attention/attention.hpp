@@ -36,8 +36,8 @@ void attention(const Backend& backend, tensor_view<TQ, 3> q, tensor_view<TK, 3> 
                tensor_view<TV, 3> v, tensor_view<TO, 3> out, const Mask& mask,
                const attention_options& options, Executor&& executor) {
   static_assert(!std::is_same_v<Backend, backend::cuda>,
-                "attnkit::attention: the CUDA kernels for backend::cuda are not implemented yet "
-                "(the tag is declared so engines can be written against it)");
+                "attnkit::attention: backend::cuda's front doors are in <attnkit/cuda.cuh> (nvcc); "
+                "include it in this translation unit");
   const detail::attention_params params =
       detail::check_attention_arguments("attnkit::attention", q, k, v, out, options);
   detail::check_mask(mask, params.shape());
@@ -77,8 +77,8 @@ void attention(const Backend& backend, tensor_view<TQ, 3> q, paged_kv_view<TKV> 
                tensor_view<TO, 3> out, const Mask& mask, const attention_options& options,
                Executor&& executor) {
   static_assert(!std::is_same_v<Backend, backend::cuda>,
-                "attnkit::attention: the CUDA kernels for backend::cuda are not implemented yet "
-                "(the tag is declared so engines can be written against it)");
+                "attnkit::attention: backend::cuda's front doors are in <attnkit/cuda.cuh> (nvcc); "
+                "include it in this translation unit");
   const detail::attention_params params =
       detail::check_paged_attention_arguments("attnkit::attention", q, kv, out, options);
   detail::check_mask(mask, params.shape());

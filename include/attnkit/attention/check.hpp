@@ -60,9 +60,14 @@ void check_out_extents(const char* function, const tensor_view<TO, 3>& out, inde
   check_extent(function, row_what, out.extent(2), expected_row_what, row);
 }
 
+// Where a call's tensors live. Device memory (backend::cuda) is not read by the checks: the
+// ALiBi slopes' finiteness, which the host checks for host memory, is then the caller's promise.
+enum class argument_memory { host, device };
+
 // The options, for a call whose shape fields of `p` are set: resolves them into `p`.
 inline void check_attention_options(const char* function, const attention_options& options,
-                                    attention_params& p) {
+                                    attention_params& p,
+                                    argument_memory memory = argument_memory::host) {
   p.scale = options.scale ? *options.scale : 1.0f / std::sqrt(static_cast<float>(p.head_dim));
   require(std::isfinite(p.scale) && p.scale >= 0.0f, function, ": scale is ", p.scale,
           ", it must be finite and non-negative");
@@ -74,9 +79,10 @@ inline void check_attention_options(const char* function, const attention_option
     check_extent(function, "alibi_slopes extent 0", options.alibi_slopes.extent(0), "q_heads",
                  p.q_heads);
     check_view_data(function, "alibi_slopes", options.alibi_slopes);
-    for (index_t h = 0; h < p.q_heads; ++h)
-      require(std::isfinite(options.alibi_slopes(h)), function, ": alibi_slopes[", h, "] is ",
-              options.alibi_slopes(h), ", slopes must be finite");
+    if (memory == argument_memory::host)
+      for (index_t h = 0; h < p.q_heads; ++h)
+        require(std::isfinite(options.alibi_slopes(h)), function, ": alibi_slopes[", h, "] is ",
+                options.alibi_slopes(h), ", slopes must be finite");
     p.alibi_slopes = options.alibi_slopes.data();
     p.alibi_stride = options.alibi_slopes.stride(0);
   }
@@ -96,7 +102,8 @@ template <class TQ, class TK, class TV, class TO>
 attention_params check_attention_arguments(const char* function, const tensor_view<TQ, 3>& q,
                                            const tensor_view<TK, 3>& k, const tensor_view<TV, 3>& v,
                                            const tensor_view<TO, 3>& out,
-                                           const attention_options& options) {
+                                           const attention_options& options,
+                                           argument_memory memory = argument_memory::host) {
   static_assert(is_storage_type_v<std::remove_cv_t<TQ>>, "q must hold float, half or bfloat16");
   static_assert(is_storage_type_v<std::remove_cv_t<TK>>, "k must hold float, half or bfloat16");
   static_assert(std::is_same_v<std::remove_cv_t<TK>, std::remove_cv_t<TV>>,
@@ -123,17 +130,14 @@ attention_params check_attention_arguments(const char* function, const tensor_vi
   check_view_data(function, "k", k);
   check_view_data(function, "v", v);
   check_view_data(function, "out", out);
-  check_attention_options(function, options, p);
+  check_attention_options(function, options, p, memory);
   return p;
 }
 
-// A paged cache layer's own fields (core/paged_kv_view.hpp): page_size >= 1, non-negative
-// strides, a length >= 0 per head that fits its page-table row (page_table_stride · page_size
-// slots), non-null pools and page table when any head holds tokens, and the page ids of every
-// slot in use >= 0 (the pool's size is not known here, so an id past its end cannot be caught).
-// Returns the longest head's length.
+// A paged cache layer's scalar fields (core/paged_kv_view.hpp): page_size >= 1, non-negative
+// head count and strides. Reads no memory the view points to.
 template <class TKV>
-index_t check_paged_kv_view(const char* function, const paged_kv_view<TKV>& kv) {
+void check_paged_kv_fields(const char* function, const paged_kv_view<TKV>& kv) {
   require(kv.kv_heads >= 0, function, ": kv.kv_heads is ", kv.kv_heads, ", it must be >= 0");
   require(kv.page_size >= 1, function, ": kv.page_size is ", kv.page_size, ", it must be >= 1");
   require(kv.page_table_stride >= 0, function, ": kv.page_table_stride is ", kv.page_table_stride,
@@ -141,6 +145,29 @@ index_t check_paged_kv_view(const char* function, const paged_kv_view<TKV>& kv) 
   require(kv.row_stride >= 0 && kv.page_stride >= 0 && kv.head_stride >= 0, function,
           ": kv strides (row_stride ", kv.row_stride, ", page_stride ", kv.page_stride,
           ", head_stride ", kv.head_stride, ") must be >= 0");
+}
+
+// The pools and page table must exist when `tokens` (the longest head, or the capacity when the
+// lengths cannot be read) is positive.
+template <class TKV>
+void check_paged_kv_pointers(const char* function, const paged_kv_view<TKV>& kv, index_t tokens,
+                             const char* tokens_what) {
+  if (tokens <= 0) return;
+  require(kv.keys != nullptr, function, ": kv.keys is null but ", tokens_what, " ", tokens,
+          " tokens");
+  require(kv.values != nullptr, function, ": kv.values is null but ", tokens_what, " ", tokens,
+          " tokens");
+  require(kv.page_table != nullptr, function, ": kv.page_table is null but ", tokens_what, " ",
+          tokens, " tokens");
+}
+
+// A paged cache layer in host memory: its fields, a length >= 0 per head that fits its page-table
+// row (page_table_stride · page_size slots), non-null pools and page table when any head holds
+// tokens, and the page ids of every slot in use >= 0 (the pool's size is not known here, so an id
+// past its end cannot be caught). Returns the longest head's length.
+template <class TKV>
+index_t check_paged_kv_view(const char* function, const paged_kv_view<TKV>& kv) {
+  check_paged_kv_fields(function, kv);
   require(kv.lengths != nullptr || kv.kv_heads == 0, function, ": kv.lengths is null (",
           kv.kv_heads, " KV heads need a length each)");
   index_t longest = 0;
@@ -153,13 +180,8 @@ index_t check_paged_kv_view(const char* function, const paged_kv_view<TKV>& kv) 
             " slots");
     longest = length > longest ? length : longest;
   }
+  check_paged_kv_pointers(function, kv, longest, "kv.lengths holds up to");
   if (longest > 0) {
-    require(kv.keys != nullptr, function, ": kv.keys is null but kv.lengths holds up to ", longest,
-            " tokens");
-    require(kv.values != nullptr, function, ": kv.values is null but kv.lengths holds up to ",
-            longest, " tokens");
-    require(kv.page_table != nullptr, function,
-            ": kv.page_table is null but kv.lengths holds up to ", longest, " tokens");
     for (index_t h = 0; h < kv.kv_heads; ++h) {
       const index_t pages = (kv.lengths[h] + kv.page_size - 1) / kv.page_size;
       for (index_t i = 0; i < pages; ++i) {
@@ -172,14 +194,29 @@ index_t check_paged_kv_view(const char* function, const paged_kv_view<TKV>& kv) 
   return longest;
 }
 
+// A paged cache layer in device memory: the fields and pointers only (the lengths and page table
+// stay unread; the device kernels clamp each length to the page-table row). Returns the capacity
+// of a head, page_table_stride · page_size, which stands in for the longest head.
+template <class TKV>
+index_t check_device_paged_kv_view(const char* function, const paged_kv_view<TKV>& kv) {
+  check_paged_kv_fields(function, kv);
+  const index_t capacity = kv.page_table_stride * kv.page_size;
+  require(kv.lengths != nullptr || kv.kv_heads == 0, function, ": kv.lengths is null (",
+          kv.kv_heads, " KV heads need a length each)");
+  if (kv.kv_heads > 0) check_paged_kv_pointers(function, kv, capacity, "a head can hold");
+  return capacity;
+}
+
 // A paged cache layer (core/paged_kv_view.hpp) with queries and output. The returned params have
-// kv_tokens = the longest head (kv.max_length()): the shape masks and observers are checked
-// against, and the stride of the kernels' observed rows.
+// kv_tokens = the longest head (kv.max_length()), or for device memory the capacity of a head:
+// the shape masks and observers are checked against, and the stride of the kernels' observed
+// rows.
 template <class TQ, class TKV, class TO>
 attention_params check_paged_attention_arguments(const char* function, const tensor_view<TQ, 3>& q,
                                                  const paged_kv_view<TKV>& kv,
                                                  const tensor_view<TO, 3>& out,
-                                                 const attention_options& options) {
+                                                 const attention_options& options,
+                                                 argument_memory memory = argument_memory::host) {
   static_assert(is_storage_type_v<std::remove_cv_t<TQ>>, "q must hold float, half or bfloat16");
   static_assert(is_storage_type_v<std::remove_cv_t<TKV>>,
                 "the paged cache must hold float, half or bfloat16");
@@ -200,8 +237,9 @@ attention_params check_paged_attention_arguments(const char* function, const ten
   check_view_data(function, "q", q);
   check_view_data(function, "out", out);
 
-  p.kv_tokens = check_paged_kv_view(function, kv);
-  check_attention_options(function, options, p);
+  p.kv_tokens = memory == argument_memory::host ? check_paged_kv_view(function, kv)
+                                                : check_device_paged_kv_view(function, kv);
+  check_attention_options(function, options, p, memory);
   return p;
 }
 

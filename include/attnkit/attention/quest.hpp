@@ -73,6 +73,7 @@
 #include "attnkit/core/directed_rounding.hpp"
 #include "attnkit/core/error.hpp"
 #include "attnkit/core/float16.hpp"
+#include "attnkit/core/page_bounds_layout.hpp"
 #include "attnkit/core/paged_kv_view.hpp"
 #include "attnkit/core/tensor_view.hpp"
 #include "attnkit/mask/block_sparse.hpp"
@@ -138,17 +139,10 @@ class page_bounds {
         kv_heads_(kv_heads),
         head_dim_(head_dim),
         capacity_tokens_(capacity_tokens) {
-    detail::require(page_size >= 1, "attnkit::page_bounds: page_size is ", page_size,
-                    ", it must be >= 1");
-    detail::require(kv_heads >= 1, "attnkit::page_bounds: kv_heads is ", kv_heads,
-                    ", it must be >= 1");
-    detail::require(head_dim >= 1, "attnkit::page_bounds: head_dim is ", head_dim,
-                    ", it must be >= 1");
-    detail::require(capacity_tokens >= 0, "attnkit::page_bounds: capacity_tokens is ",
-                    capacity_tokens, ", it must be >= 0");
-    constexpr index_t row_multiple = index_t{64} / index_t{sizeof(T)};
-    padded_dim_ = (head_dim + row_multiple - 1) / row_multiple * row_multiple;
-    capacity_pages_ = (capacity_tokens + page_size - 1) / page_size;
+    const detail::page_bounds_layout layout = detail::check_page_bounds_shape<T>(
+        "attnkit::page_bounds", page_size, kv_heads, head_dim, capacity_tokens);
+    padded_dim_ = layout.padded_dim;
+    capacity_pages_ = layout.capacity_pages;
     const std::size_t elements =
         static_cast<std::size_t>(kv_heads * capacity_pages_ * 2 * padded_dim_);
     if (elements > 0) {
@@ -194,7 +188,8 @@ class page_bounds {
                   "attnkit::page_bounds::update: k must hold float, half "
                   "or bfloat16");
     static_assert(!std::is_same_v<Backend, backend::cuda>,
-                  "attnkit::page_bounds::update: no CUDA kernel yet");
+                  "attnkit::page_bounds holds host memory; on backend::cuda use "
+                  "attnkit::cuda::device_page_bounds (<attnkit/cuda.cuh>)");
     constexpr const char* function = "attnkit::page_bounds::update";
     const index_t tokens = k.extent(0);
     detail::require(k.extent(2) == head_dim_, function, ": k head_dim (extent 2) is ", k.extent(2),
@@ -244,7 +239,8 @@ class page_bounds {
     static_assert(is_storage_type_v<K>,
                   "attnkit::page_bounds::update: the cache must hold float, half or bfloat16");
     static_assert(!std::is_same_v<Backend, backend::cuda>,
-                  "attnkit::page_bounds::update: no CUDA kernel yet");
+                  "attnkit::page_bounds holds host memory; on backend::cuda use "
+                  "attnkit::cuda::device_page_bounds (<attnkit/cuda.cuh>)");
     constexpr const char* function = "attnkit::page_bounds::update";
     detail::require(kv.head_dim == head_dim_, function, ": kv.head_dim is ", kv.head_dim,
                     " but the bounds have head_dim ", head_dim_);
@@ -406,7 +402,8 @@ void quest_select(const Backend& backend, tensor_view<TQ, 3> q, const page_bound
   using Q = std::remove_cv_t<TQ>;
   static_assert(is_storage_type_v<Q>, "attnkit::quest_select: q must hold float, half or bfloat16");
   static_assert(!std::is_same_v<Backend, backend::cuda>,
-                "attnkit::quest_select: no CUDA kernel yet");
+                "attnkit::quest_select with backend::cuda takes attnkit::cuda::device_page_bounds "
+                "and cuda::device_block_layout (<attnkit/cuda.cuh>)");
   constexpr const char* function = "attnkit::quest_select";
   const index_t q_tokens = q.extent(0);
   const index_t q_heads = q.extent(1);

@@ -11,11 +11,8 @@
 // unit with the ISA enabled), so an engine can still dispatch at run time if it wants to.
 #pragma once
 
+#include "attnkit/backend/cuda_tag.hpp"
 #include "attnkit/core/simd_include.hpp"
-
-// cudaStream_t is `CUstream_st*`; naming the struct lets CPU-only code hold a cuda tag without
-// the CUDA headers.
-struct CUstream_st;
 
 namespace attnkit {
 namespace backend {
@@ -28,12 +25,6 @@ struct reference {};
 template <class Arch = xsimd::default_arch>
 struct simd {
   using arch_type = Arch;
-};
-
-// The CUDA backend: kernels are enqueued on `stream`. Its kernels live in
-// <attnkit/cuda.cuh> and are compiled by nvcc only.
-struct cuda {
-  CUstream_st* stream = nullptr;
 };
 
 }  // namespace backend

@@ -50,40 +50,44 @@ struct paged_kv_view {
   index_t head_stride = 0;        // elements added per KV head inside a page (0: per-head pages)
 
   // A view of T reads as a view of const T (what the kernels take).
-  constexpr operator paged_kv_view<const T>() const noexcept  // NOLINT: implicit on purpose
-      requires(!std::is_const_v<T>) {
+  // (A template, so that paged_kv_view<const T> has no conversion to its own type.)
+  template <class U = T>
+  requires(!std::is_const_v<U>) constexpr operator paged_kv_view<const U>()
+      const noexcept {  // NOLINT: implicit on purpose
     return {keys,     values,    positions,         page_table, lengths,     kv_heads,
             head_dim, page_size, page_table_stride, row_stride, page_stride, head_stride};
   }
 
-  constexpr index_t length(index_t head) const noexcept { return lengths[head]; }
+  ATTNKIT_HOST_DEVICE constexpr index_t length(index_t head) const noexcept {
+    return lengths[head];
+  }
 
   // The longest head: the kv_tokens an observer or a mask check sees for the whole call.
-  constexpr index_t max_length() const noexcept {
+  ATTNKIT_HOST_DEVICE constexpr index_t max_length() const noexcept {
     index_t longest = 0;
     for (index_t h = 0; h < kv_heads; ++h) longest = lengths[h] > longest ? lengths[h] : longest;
     return longest;
   }
 
-  constexpr page_id page_of(index_t head, index_t slot) const noexcept {
+  ATTNKIT_HOST_DEVICE constexpr page_id page_of(index_t head, index_t slot) const noexcept {
     return page_table[head * page_table_stride + slot / page_size];
   }
-  constexpr index_t offset_of(index_t head, index_t slot) const noexcept {
+  ATTNKIT_HOST_DEVICE constexpr index_t offset_of(index_t head, index_t slot) const noexcept {
     return static_cast<index_t>(page_of(head, slot)) * page_stride + head * head_stride +
            (slot % page_size) * row_stride;
   }
-  constexpr T* key(index_t head, index_t slot) const noexcept {
+  ATTNKIT_HOST_DEVICE constexpr T* key(index_t head, index_t slot) const noexcept {
     return keys + offset_of(head, slot);
   }
-  constexpr T* value(index_t head, index_t slot) const noexcept {
+  ATTNKIT_HOST_DEVICE constexpr T* value(index_t head, index_t slot) const noexcept {
     return values + offset_of(head, slot);
   }
   // Slots s .. s + n - 1 are consecutive rows (stride row_stride) when they share a page: the
   // number of slots from s to the end of its page.
-  constexpr index_t slots_left_in_page(index_t slot) const noexcept {
+  ATTNKIT_HOST_DEVICE constexpr index_t slots_left_in_page(index_t slot) const noexcept {
     return page_size - slot % page_size;
   }
-  constexpr position position_of(index_t head, index_t slot) const noexcept {
+  ATTNKIT_HOST_DEVICE constexpr position position_of(index_t head, index_t slot) const noexcept {
     return positions[static_cast<index_t>(page_of(head, slot)) * page_size + slot % page_size];
   }
 };

@@ -215,6 +215,37 @@ class block_sparse {
   }
   block_sparse(const block_layout&&) = delete;  // would dangle: the mask points into the layout
 
+  // For layouts that live in device memory (a selection made on the GPU,
+  // attnkit::cuda::device_block_layout): the CSR arrays are taken as they are, row_offsets with
+  // layouts * query_blocks + 1 entries and columns with row_offsets[last] entries, sorted and in
+  // range per row. Neither array is read here, and check() reads only the shape, so the mask can
+  // be built and checked on the host over memory the host cannot read; the arrays' contents are
+  // their producer's promise (columns may be null when every row is empty). The shape's scalar
+  // fields are validated as block_layout validates them. Such a mask is not for
+  // cuda::device_mask (relocated() reads row_offsets on the host): backend::cuda takes it wrapped
+  // as attnkit::cuda::device_block_sparse.
+  block_sparse(const block_layout_shape& shape, const index_t* row_offsets, const index_t* columns)
+      : row_offsets_(row_offsets),
+        columns_(columns),
+        query_block_(shape.query_block),
+        key_block_(shape.key_block),
+        query_blocks_(shape.query_blocks),
+        key_blocks_(shape.key_blocks),
+        layouts_(shape.layouts),
+        query_heads_per_layout_(shape.query_heads_per_layout),
+        first_position_(shape.first_position) {
+    constexpr const char* function = "attnkit::block_sparse (raw layout arrays)";
+    detail::require(shape.query_block >= 1 && shape.key_block >= 1, function, ": query_block is ",
+                    shape.query_block, " and key_block ", shape.key_block, ", both must be >= 1");
+    detail::require(shape.query_blocks >= 0 && shape.key_blocks >= 0, function,
+                    ": query_blocks is ", shape.query_blocks, " and key_blocks ", shape.key_blocks,
+                    ", both must be >= 0");
+    detail::require(shape.layouts >= 1 && (shape.layouts == 1 || shape.query_heads_per_layout >= 1),
+                    function, ": layouts is ", shape.layouts, " and query_heads_per_layout ",
+                    shape.query_heads_per_layout, ", both must be >= 1");
+    detail::require(row_offsets != nullptr, function, ": row_offsets is null");
+  }
+
   ATTNKIT_HOST_DEVICE constexpr tile_kind classify(position_range q, position_range kv,
                                                    head_index h) const noexcept {
     if (q.begin >= q.end || kv.begin >= kv.end) return tile_kind::empty;
@@ -372,6 +403,16 @@ class block_sparse {
                       query_block_, " from ", first_position_,
                       "), but the call has query positions [", first, ", ", end, ")");
     }
+  }
+
+  // The same mask over copies of the layout's row offsets and columns (see mask/tile.hpp).
+  template <class Copy>
+  block_sparse relocated(Copy&& copy) const {
+    const index_t rows = layouts_ * query_blocks_;
+    block_sparse moved = *this;
+    moved.row_offsets_ = copy(row_offsets_, rows + 1);
+    moved.columns_ = copy(columns_, row_offsets_[rows]);
+    return moved;
   }
 
   // Which layout query head h uses.

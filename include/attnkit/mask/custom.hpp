@@ -145,6 +145,14 @@ struct custom {
 
   ATTNKIT_HOST_DEVICE constexpr bool varies_by_head() const noexcept { return layouts > 1; }
 
+  // The same mask over copy(bits, layouts · rows · words_per_row()) (see mask/tile.hpp).
+  template <class Copy>
+  custom relocated(Copy&& copy) const {
+    custom moved = *this;
+    moved.bits = copy(bits, layouts * rows * words_per_row());
+    return moved;
+  }
+
   // Throws attnkit::error unless the bits describe every query position and key of the call.
   // Query positions are [kv_tokens - q_tokens, kv_tokens); when q_tokens > kv_tokens the first
   // ones are negative and, as under causal, are not required to have rows (without one they see

@@ -11,6 +11,16 @@
 
 namespace attnkit {
 
+namespace detail {
+template <class M, class Copy>
+M relocated_operand(const M& mask, Copy& copy) {
+  if constexpr (has_mask_tables<M>)
+    return mask.relocated(copy);
+  else
+    return mask;
+}
+}  // namespace detail
+
 template <attention_mask A, attention_mask B>
 struct intersection {
   A first;
@@ -54,6 +64,13 @@ struct intersection {
 
   ATTNKIT_HOST_DEVICE constexpr bool varies_by_head() const noexcept {
     return detail::mask_varies_by_head(first) || detail::mask_varies_by_head(second);
+  }
+
+  // Both operands' tables copied (see mask/tile.hpp); an operand without tables is kept.
+  template <class Copy>
+  intersection relocated(Copy&& copy) const
+      requires(detail::has_mask_tables<A> || detail::has_mask_tables<B>) {
+    return {detail::relocated_operand(first, copy), detail::relocated_operand(second, copy)};
   }
 
   void check(const attention_shape& shape) const {

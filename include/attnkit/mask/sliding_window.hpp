@@ -169,13 +169,20 @@ struct sliding_window {
 };
 
 // A window per query head (MSWA: heads, and layers, use windows of different sizes): query head
-// h uses windows[h]. A non-owning view; the table must outlive the call (and, for a device
-// backend, live in memory the device reads).
-struct sliding_window_per_head {
-  std::span<const sliding_window> windows;
+// h uses windows[h]. A non-owning view; the table must outlive the call (backend::cuda reads a
+// copy in device memory: cuda::device_mask).
+class sliding_window_per_head {
+ public:
+  // Holds the table's address and size (a span's members are host-only to nvcc, so the pointer
+  // and count are kept apart for device code).
+  constexpr sliding_window_per_head(std::span<const sliding_window> windows) noexcept  // NOLINT
+      : windows_(windows.data()), count_(static_cast<index_t>(windows.size())) {}
 
+  constexpr std::span<const sliding_window> windows() const noexcept {
+    return {windows_, static_cast<std::size_t>(count_)};
+  }
   ATTNKIT_HOST_DEVICE constexpr const sliding_window& window(head_index h) const noexcept {
-    return windows.data()[h];
+    return windows_[h];
   }
 
   ATTNKIT_HOST_DEVICE constexpr tile_kind classify(position_range q, position_range kv,
@@ -206,15 +213,27 @@ struct sliding_window_per_head {
     detail::window::key_ranges(q, kv, left, right, sinks, visit);
   }
 
+  // The same windows, read from copy(table, count) (see mask/tile.hpp).
+  template <class Copy>
+  sliding_window_per_head relocated(Copy&& copy) const {
+    sliding_window_per_head moved = *this;
+    moved.windows_ = copy(windows_, count_);
+    return moved;
+  }
+
   // Throws attnkit::error unless there is one valid window per query head of the call.
   void check(const attention_shape& shape) const {
-    const auto count = static_cast<index_t>(windows.size());
+    const index_t count = count_;
     detail::require(count == shape.q_heads, "attnkit::sliding_window_per_head: windows has ", count,
                     " entries, but the call has q_heads = ", shape.q_heads,
                     " (one window per query head)");
     for (index_t h = 0; h < count; ++h)
       window(h).validate("attnkit::sliding_window_per_head: the window of head ", h, ": ");
   }
+
+ private:
+  const sliding_window* windows_ = nullptr;
+  index_t count_ = 0;
 };
 
 }  // namespace attnkit

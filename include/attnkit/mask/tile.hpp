@@ -28,6 +28,12 @@
 //       calls visit(begin, end) for each maximal run of keys in kv that query q of head h sees,
 //       in increasing order: a partial tile row is then masked in O(runs) instead of one
 //       allows() call per key.
+//   M relocated(Copy copy) const
+//       for masks that point into tables (per-head windows, block layouts, bit masks): the same
+//       mask with every table replaced by copy(data, count), a pointer to a copy of those count
+//       elements. A device backend copies the tables into device memory with it
+//       (attnkit::cuda::device_mask); masks without the member hold no pointers and are used as
+//       they are.
 #pragma once
 
 #include <concepts>
@@ -94,6 +100,18 @@ void check_mask(const M& mask, const attention_shape& shape) {
 template <class M>
 concept has_key_ranges = requires(const M& mask, position_range r, head_index h, ignore_run visit) {
   mask.for_each_key_range(r, h, h, r, visit);
+};
+
+// copy(data, count) -> const T*: what relocated() calls for each table (see above).
+struct keep_table_in_place {
+  template <class T>
+  constexpr const T* operator()(const T* data, index_t) const noexcept {
+    return data;
+  }
+};
+template <class M>
+concept has_mask_tables = requires(const M& mask, keep_table_in_place copy) {
+  { mask.relocated(copy) } -> std::same_as<M>;
 };
 
 // Undeclared means "may vary": the safe answer.
