@@ -1,14 +1,14 @@
-// attnkit CUDA tests — every other mask type, for the tensor-core types (half, bfloat16) and for
-// fp32 queries over a half cache (the split-KV kernel), contiguous and paged.
+// attnkit CUDA tests — every other mask type on the tensor-core path (half), the split-KV path
+// (fp32 queries over a half cache) and a paged cache (half). bfloat16 runs the same
+// masked code with another mma type; it is covered under full and causal (cuda_runner_basic.cu),
+// which keeps this translation unit's nvcc time down.
 #include "cuda/cuda_runner_impl.cuh"
 
 // (attnkit::half spelled out: CUDA declares a global `half`.)
 using attnkit_half = attnkit::half;
-using attnkit_bf16 = attnkit::bfloat16;
 using causal_window = attnkit::intersection<attnkit::causal, attnkit::sliding_window>;
 #define ATTNKIT_TEST_MASK(MASK)                                                \
   ATTNKIT_TEST_CUDA_CONTIGUOUS(attnkit_half, attnkit_half, attnkit_half, MASK) \
-  ATTNKIT_TEST_CUDA_CONTIGUOUS(attnkit_bf16, attnkit_bf16, float, MASK)        \
   ATTNKIT_TEST_CUDA_CONTIGUOUS(float, attnkit_half, float, MASK)               \
   ATTNKIT_TEST_CUDA_PAGED(attnkit_half, attnkit_half, attnkit_half, MASK)
 ATTNKIT_TEST_MASK(attnkit::sliding_window)
