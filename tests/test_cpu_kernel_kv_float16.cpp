@@ -1,7 +1,12 @@
 // Not a test: the one instantiation of attnkit::cpu for float16 K/V that every test executable
 // links (library attnkit_test_cpu_kernels, see support/cpu_kernel.hpp): both masks, every query and
-// output type, executor erased to any_executor.
+// output type, executor erased to any_executor. Also the suite's one instantiation of the tile
+// kernels for float16 K/V, which every other test translation unit declares extern (see
+// support/cpu_tile_kernels.hpp).
 #include "support/cpu_kernel.hpp"
+#include "support/cpu_tile_kernels.hpp"
+
+ATTNKIT_TEST_CPU_TILE_KERNELS(, attnkit::half);
 
 namespace attnkit_test {
 

@@ -6,9 +6,11 @@
 
 add_executable(test_mpi_attention ${CMAKE_CURRENT_LIST_DIR}/test_mpi_attention.cpp)
 target_include_directories(test_mpi_attention PRIVATE ${CMAKE_CURRENT_LIST_DIR}/..) # support/
-target_link_libraries(test_mpi_attention PRIVATE attnkit::attnkit attnkit_project_flags
-                                                 MPI::MPI_CXX)
-target_compile_options(test_mpi_attention PRIVATE ${ATTNKIT_TEST_SANITIZER_OPTIONS})
+# attnkit_test_cpu_kernels: the suite's one copy of the CPU tile kernels, declared extern here.
+target_link_libraries(test_mpi_attention PRIVATE attnkit_test_cpu_kernels attnkit::attnkit
+                                                 attnkit_project_flags MPI::MPI_CXX)
+target_compile_options(test_mpi_attention PRIVATE ${ATTNKIT_TEST_SANITIZER_OPTIONS}
+                                                  ${ATTNKIT_TEST_TILE_KERNELS_EXTERN})
 
 # Open MPI refuses more ranks than cores without --oversubscribe, and refuses to run as root
 # (containers, CI) without --allow-run-as-root. MPICH needs neither and accepts neither.

@@ -1,11 +1,12 @@
 // attnkit tests — any_mask: every mask behind one concrete type, so that the CPU kernel is
 // compiled once for all of them.
 //
-// Why: each (q, K/V, out, mask) instantiation of attnkit::cpu costs seconds of compile time (a
-// minute and more under ASan). The masked tests use a dozen mask types (windows, per-head
-// windows, custom bits, block-sparse layouts, their intersections with causal); through
-// any_mask the kernel sees a single mask type and is instantiated once per dtype combination
-// (tests/test_cpu_kernel_masked.cpp).
+// Why: each (q, K/V, out, mask) instantiation of attnkit::cpu costs compile time (its driver:
+// work decomposition, staging, split merge; the tile kernels, which depend only on the K/V type,
+// are compiled once for the suite, see support/cpu_tile_kernels.hpp). The masked tests use a dozen
+// mask types (windows, per-head windows, custom bits, block-sparse layouts, their intersections
+// with causal); through any_mask the kernel sees a single mask type and is instantiated once per
+// dtype combination (tests/test_cpu_kernel_masked.cpp).
 //
 // The erasure is exact: classify, allows, for_each_visible_run, varies_by_head and check forward
 // to the concrete mask, so the kernel visits the same spans and masks the same keys as it would

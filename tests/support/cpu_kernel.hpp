@@ -6,7 +6,10 @@
 // compile the same kernels dozens of times. Instead the numerical tests call cpu_attention()
 // below, whose definitions live in test_cpu_kernel_kv_{float32,float16,bfloat16}.cpp (one KV type
 // each, both masks, every query and output type, one executor type) and are linked into every
-// test executable as the static library attnkit_test_cpu_kernels.
+// test executable as the static library attnkit_test_cpu_kernels. Those three files also hold
+// the suite's one copy of the tile kernels per K/V type, the bulk of that compile time, which
+// every other test translation unit (direct attnkit::attention calls included) declares extern:
+// support/cpu_tile_kernels.hpp.
 //
 // The erasure is exact: the views keep their data pointer, extents and strides, the options pass
 // unchanged, and any_executor forwards the contract (items, threads, concurrency()) of the

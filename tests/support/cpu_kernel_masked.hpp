@@ -1,15 +1,16 @@
 // attnkit tests — attnkit::cpu with any mask, behind one type-erased call instantiated once.
 //
 // Why: the masked tests run a dozen mask types through the CPU kernel. Instantiated per mask type
-// and per test file, the kernel would be compiled dozens of times (seconds each, a minute and more
-// under ASan). Here the mask is erased to any_mask (support/any_mask.hpp), the views and the
-// executor as in support/cpu_kernel.hpp, and the kernel is instantiated once, in
-// test_cpu_kernel_masked.cpp, for the dtype combinations below only. Those are the combinations
-// that change what the masked code paths do: fp32 queries over each K/V type (the staging and
-// converting loads of the partial spans differ per K/V type) and one all-16-bit combination
-// (16-bit query staging and output rounding). Every other combination of q × kv × out is already
-// covered, mask-independently, by test_attention_dtypes_*.cpp; adding them here would multiply the
-// compile time without reaching new masked code.
+// and per test file, the kernel's driver would be compiled dozens of times (the tile kernels are
+// compiled once per K/V type whatever the mask, support/cpu_tile_kernels.hpp). Here the mask is
+// erased to any_mask (support/any_mask.hpp), the views and the executor as in
+// support/cpu_kernel.hpp, and the kernel is instantiated once, in test_cpu_kernel_masked.cpp, for
+// the dtype combinations below only. Those are the combinations that change what the masked code
+// paths do: fp32 queries over each K/V type (the staging and converting loads of the partial spans
+// differ per K/V type) and one all-16-bit combination (16-bit query staging and output rounding).
+// Every other combination of q × kv × out is already covered, mask-independently, by
+// test_attention_dtypes_*.cpp; adding them here would multiply the compile time without reaching
+// new masked code.
 #pragma once
 
 #include <type_traits>
