@@ -37,36 +37,13 @@ constexpr double device_tolerance = 5e-5;
 
 template <class TO>
 comparison compare_device_output(tensor_view<const TO, 3> got, tensor_view<const float, 3> ref) {
-  constexpr bool narrow = !std::is_same_v<TO, float>;
-  const tolerance tol{device_tolerance * max_abs_view(ref) + subnormal_half_spacing<TO>(),
-                      device_tolerance + (narrow ? unit_roundoff<TO>() : 0.0)};
-  return compare_output<TO>(got, ref, tol, "output");
+  return compare_output<TO>(
+      got, ref, linear_output_tolerance<TO>(max_abs_view(ref), device_tolerance), "output");
 }
 
 // The device state (downloaded into a CPU linear_state) against the reference's.
 comparison compare_device_state(const linear_state& got, const linear_state& ref) {
-  double max_s = 0.0, max_z = 0.0;
-  const auto rs = ref.s(), gs = got.s();
-  const auto rz = ref.z(), gz = got.z();
-  for (index_t h = 0; h < ref.kv_heads(); ++h)
-    for (index_t f = 0; f < ref.feature_dim(); ++f) {
-      max_z = std::fmax(max_z, std::fabs(double(rz(h, f))));
-      for (index_t j = 0; j < ref.value_dim(); ++j)
-        max_s = std::fmax(max_s, std::fabs(double(rs(h, f, j))));
-    }
-  comparison cz;
-  cz.what = "z";
-  cz.tol = {device_tolerance * max_z, device_tolerance};
-  for (index_t h = 0; h < ref.kv_heads(); ++h)
-    for (index_t f = 0; f < ref.feature_dim(); ++f) cz.add(gz(h, f), rz(h, f), {h, f, -1});
-  if (!cz.ok()) return cz;
-  comparison c;
-  c.what = "S";
-  c.tol = {device_tolerance * max_s, device_tolerance};
-  for (index_t h = 0; h < ref.kv_heads(); ++h)
-    for (index_t f = 0; f < ref.feature_dim(); ++f)
-      for (index_t j = 0; j < ref.value_dim(); ++j) c.add(gs(h, f, j), rs(h, f, j), {h, f, j});
-  return c;
+  return compare_states(got, ref, device_tolerance);
 }
 
 // Calls fn(cpu map, device map choice) for map `which` (taylor2 scaled as BASED does).

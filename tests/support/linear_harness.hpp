@@ -128,11 +128,13 @@ double max_abs_view(tensor_view<const T, 3> t) {
   return m;
 }
 
+// `relative` is the fp32 bound (linear_fp32_tolerance for the CPU forms; a backend with another
+// summation order passes its own).
 template <class TO>
-tolerance linear_output_tolerance(double max_ref) {
+tolerance linear_output_tolerance(double max_ref, double relative = linear_fp32_tolerance) {
   constexpr bool narrow = !std::is_same_v<TO, float>;
-  return {linear_fp32_tolerance * max_ref + subnormal_half_spacing<TO>(),
-          linear_fp32_tolerance + (narrow ? unit_roundoff<TO>() : 0.0)};
+  return {relative * max_ref + subnormal_half_spacing<TO>(),
+          relative + (narrow ? unit_roundoff<TO>() : 0.0)};
 }
 
 // got against the reference's fp32 output.
@@ -144,7 +146,8 @@ comparison compare_linear_output(const tensor3<TO>& got, const tensor3<float>& r
 }
 
 // Two states: S and z element by element, tolerance relative to the largest |S| (|z|).
-inline comparison compare_states(const linear_state& got, const linear_state& ref) {
+inline comparison compare_states(const linear_state& got, const linear_state& ref,
+                                 double relative = linear_fp32_tolerance) {
   comparison c;
   c.what = "state";
   if (!got.has_shape() || !ref.has_shape() || got.kv_heads() != ref.kv_heads() ||
@@ -162,13 +165,13 @@ inline comparison compare_states(const linear_state& got, const linear_state& re
       for (index_t j = 0; j < ref.value_dim(); ++j)
         max_s = std::fmax(max_s, std::fabs(double(rs(h, f, j))));
     }
-  c.tol = {linear_fp32_tolerance * max_s, linear_fp32_tolerance};
+  c.tol = {relative * max_s, relative};
   for (index_t h = 0; h < ref.kv_heads(); ++h)
     for (index_t f = 0; f < ref.feature_dim(); ++f)
       for (index_t j = 0; j < ref.value_dim(); ++j) c.add(gs(h, f, j), rs(h, f, j), {h, f, j});
   comparison cz;
   cz.what = "z";
-  cz.tol = {linear_fp32_tolerance * max_z, linear_fp32_tolerance};
+  cz.tol = {relative * max_z, relative};
   for (index_t h = 0; h < ref.kv_heads(); ++h)
     for (index_t f = 0; f < ref.feature_dim(); ++f) cz.add(gz(h, f), rz(h, f), {h, f, -1});
   if (!cz.ok()) return cz;
