@@ -268,6 +268,74 @@ TEST_CASE("observers: decode key mass matches the reference and sums to the grou
                                     causal_mask, 1, wide_executor());
 }
 
+TEST_CASE("observers: steep logit ramps (ALiBi, large logits) keep exact probabilities",
+          "[observers][decode][prefill]") {
+  // The kernels keep 2^(s - reference) per (row, work item) and rebase a row's kept keys when
+  // its running maximum climbs more than 64 (base 2) above the reference. Steep ALiBi slopes
+  // make the logits of a decode query climb with every key (far keys underflow to exactly 0,
+  // near keys carry the mass), so rows rebase span after span; large logits (q_sd 30) move the
+  // maximum by hundreds at random points. Both on one split and split across threads.
+  std::uint64_t seed = 30500;
+  for (const any_executor* executor :
+       {static_cast<const any_executor*>(nullptr), wide_executor()}) {
+    attention_case c = shape(1, 3001, 8, 2, 64);
+    c.alibi = {0.03f, 0.25f, 1.0f, 4.0f, 0.5f, 2.0f, 8.0f, 0.1f};
+    c.seed = ++seed;
+    check_key_mass<float>(c, make_inputs<float, float>(c), causal_mask, 1, executor);
+    c = shape(1, 4099, 8, 2, 128);
+    c.q_sd = 30.0;
+    c.seed = ++seed;
+    check_key_mass<float>(c, make_inputs<float, attnkit::half>(c), full_mask, 1, executor);
+  }
+  // Prefill's observation window (the column kernel) under the same ramps.
+  attention_case c = shape(40, 700, 8, 2, 64);
+  c.alibi = {0.03f, 0.25f, 1.0f, 4.0f, 0.5f, 2.0f, 8.0f, 0.1f};
+  c.seed = ++seed;
+  check_key_mass<float>(c, make_inputs<float, float>(c), causal_mask, 24);
+}
+
+TEST_CASE("observers: the kernel's direct key-mass sum equals adding the delivered rows",
+          "[observers][decode][prefill]") {
+  // accumulate_key_mass exposes key_mass_row(), so the SIMD kernel adds its rows into the table
+  // itself, 1024 keys at a time; a callable that adds the same rows from observed_row gets them
+  // materialised one by one. Same additions in the same order: the tables must be bit-identical
+  // (keys past a chunk boundary, windows cutting chunks, a split decode, a prefill window).
+  struct row_adder {
+    tensor_view<float, 2> mass;
+    void operator()(const observed_row& r) const {
+      float* destination = mass.data() + r.kv_head * mass.stride(0);
+      for (std::size_t j = 0; j < r.probabilities.size(); ++j) destination[j] += r.probabilities[j];
+    }
+  };
+  struct run {
+    attention_case c;
+    any_mask mask;
+    index_t last_queries;
+  };
+  std::uint64_t seed = 30700;
+  for (run r : {run{shape(1, 5000, 8, 2, 64), any_mask(sliding_window{1500, 0, 4}, "window"), 1},
+                run{shape(1, 3001, 16, 4, 128), causal_mask, 1},
+                run{shape(48, 2100, 8, 2, 64), causal_mask, 17}}) {
+    r.c.seed = ++seed;
+    const auto in = make_inputs<float, attnkit::half>(r.c);
+    const auto table_size = static_cast<std::size_t>(r.c.kv_heads * r.c.kv_tokens);
+    std::vector<float> direct(table_size, 0.25f), by_rows(table_size, 0.25f);
+    accumulate_key_mass key_mass({direct.data(), {r.c.kv_heads, r.c.kv_tokens}}, r.last_queries);
+    row_adder adder{{by_rows.data(), {r.c.kv_heads, r.c.kv_tokens}}};
+    for (int pass = 0; pass < 2; ++pass) {
+      auto out = make_tensor3<float>(r.c.q_tokens, r.c.q_heads, r.c.head_dim);
+      attnkit::attention_options options;
+      options.observer = pass == 0 ? attnkit::attention_observer(key_mass)
+                                   : attnkit::attention_observer(adder, r.last_queries);
+      cpu_masked{wide_executor()}(in.q.cview(), in.k.cview(), in.v.cview(), out.view(), r.mask,
+                                  options);
+    }
+    INFO(describe(r.c, r.mask, r.last_queries, wide_executor()));
+    CHECK(identical_bits(direct, by_rows));
+    CHECK(direct != std::vector<float>(table_size, 0.25f));
+  }
+}
+
 TEST_CASE("observers: decode key mass under masks (windows, per-head windows, Quest)",
           "[observers][decode][masks]") {
   // Keys a mask hides must get exactly zero mass. Windows far smaller than a split and one

@@ -49,6 +49,12 @@ class accumulate_key_mass {
                     " elements");
   }
 
+  // The kernels add rows here directly (core/observer.hpp).
+  key_mass_target key_mass_row(index_t kv_head) const noexcept {
+    if (kv_head < 0 || kv_head >= mass_.extent(0)) return {};
+    return {mass_.data() + kv_head * mass_.stride(0), mass_.stride(1), mass_.extent(1)};
+  }
+
   void operator()(const observed_row& row) const {
     float* destination = mass_.data() + row.kv_head * mass_.stride(0);
     const index_t stride = mass_.stride(1);

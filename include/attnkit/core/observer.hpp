@@ -2,11 +2,12 @@
 //
 // Score-based KV-cache policies (H2O, TOVA, SnapKV) need the attention probabilities of recent
 // queries. Recomputing them would be a second attention pass over the whole cache; instead the
-// kernels keep the base-2 logits of the observed rows while they run and, once each row's
-// log-sum-exp is final (after the split-KV merge), hand the normalised probabilities to an
-// observer. Only the last `last_queries` query tokens are observed (decode: the one token;
-// prefill: SnapKV's observation window), so the extra memory is last_queries·q_heads·kv_tokens
-// floats, and a call without an observer does none of it.
+// kernels keep the observed rows' exponentials while they run (relative to a per-row reference,
+// so nothing overflows) and, once each row's log-sum-exp is final (after the split-KV merge),
+// hand the normalised probabilities to an observer — one multiply per key, no second exp. Only the
+// last `last_queries` query tokens are observed (decode: the one token; prefill: SnapKV's
+// observation window), so the extra memory is last_queries·q_heads·kv_tokens floats, and a call
+// without an observer does none of it.
 //
 // Contract of a call: every observed (query token, query head) row is delivered exactly once,
 // as probabilities over all kv_tokens keys (masked keys are 0; a row that sees nothing is all
@@ -15,6 +16,7 @@
 // needs no lock.
 #pragma once
 
+#include <concepts>
 #include <memory>
 #include <span>
 #include <type_traits>
@@ -24,6 +26,14 @@
 #include "attnkit/core/shape.hpp"
 
 namespace attnkit {
+
+// Where a key-mass observer adds a KV head's probabilities: mass[j · stride] for keys j < keys
+// (a null mass: the head is not recorded).
+struct key_mass_target {
+  float* mass = nullptr;
+  index_t stride = 1;
+  index_t keys = 0;
+};
 
 // One observed query row.
 struct observed_row {
@@ -42,6 +52,10 @@ template <class F>
 concept has_observer_check = requires(const F& f, const attention_shape& shape) {
   f.check(shape);
 };
+template <class F>
+concept has_key_mass_row = requires(const F& f, index_t kv_head) {
+  { f.key_mass_row(kv_head) } -> std::same_as<key_mass_target>;
+};
 }  // namespace detail
 
 // A non-owning, type-erased reference to anything callable as f(const observed_row&). Put one in
@@ -49,7 +63,12 @@ concept has_observer_check = requires(const F& f, const attention_shape& shape) 
 //   - f.observed_queries(), if present, says how many of the last query tokens to observe
 //     (otherwise 1, or the explicit constructor argument);
 //   - f.check(const attention_shape&), if present, runs before the kernel and may throw
-//     attnkit::error (so a wrongly sized accumulator changes nothing).
+//     attnkit::error (so a wrongly sized accumulator changes nothing);
+//   - f.key_mass_row(kv_head) -> key_mass_target, if present, says that f does nothing with a row
+//     but add its probabilities into that head's table (accumulate_key_mass, attention_scores).
+//     A kernel may then add the rows itself, key range by key range while they are in cache,
+//     instead of materialising and handing over each row: the same additions in the same order
+//     for every key (rows in delivery order), so the table gets the same bits.
 class attention_observer {
  public:
   attention_observer() = default;
@@ -62,6 +81,7 @@ class attention_observer {
         deliver_(&deliver<F>),
         check_(&check_shape<F>) {
     if constexpr (detail::has_observed_queries<F>) last_queries_ = f.observed_queries();
+    if constexpr (detail::has_key_mass_row<F>) mass_row_ = &mass_row<F>;
   }
 
   template <class F>
@@ -75,6 +95,10 @@ class attention_observer {
   constexpr index_t last_queries() const noexcept { return last_queries_; }
 
   void operator()(const observed_row& row) const { deliver_(target_, row); }
+
+  // Whether the observer only adds rows into a key-mass table, and that table's row for a head.
+  constexpr bool sums_key_mass() const noexcept { return mass_row_ != nullptr; }
+  key_mass_target mass_row(index_t kv_head) const { return mass_row_(target_, kv_head); }
 
   // Throws attnkit::error if the observer cannot serve a call of this shape.
   void check(const char* function, const attention_shape& shape) const {
@@ -90,6 +114,10 @@ class attention_observer {
     (*static_cast<F*>(target))(row);
   }
   template <class F>
+  static key_mass_target mass_row(void* target, index_t kv_head) {
+    return static_cast<const F*>(target)->key_mass_row(kv_head);
+  }
+  template <class F>
   static void check_shape(void* target, const attention_shape& shape) {
     if constexpr (detail::has_observer_check<F>) static_cast<F*>(target)->check(shape);
   }
@@ -97,6 +125,7 @@ class attention_observer {
   void* target_ = nullptr;
   void (*deliver_)(void*, const observed_row&) = nullptr;
   void (*check_)(void*, const attention_shape&) = nullptr;
+  key_mass_target (*mass_row_)(void*, index_t) = nullptr;
   index_t last_queries_ = 1;
 };
 

@@ -54,6 +54,10 @@ class attention_scores {
     // and, under score_update::replace, clears the previous observation.
     void check(const attention_shape& shape) const { state_->begin_call(shape); }
     void operator()(const observed_row& row) const { state_->add(row); }
+    // The kernels add rows here directly (core/observer.hpp): the same clipping as add().
+    key_mass_target key_mass_row(index_t kv_head) const noexcept {
+      return state_->mass_row(kv_head);
+    }
 
    private:
     friend class attention_scores;
@@ -158,6 +162,11 @@ class attention_scores {
         extent = 0;
       }
       extent = std::max(extent, shape.kv_tokens);
+    }
+
+    attnkit::key_mass_target mass_row(index_t kv_head) noexcept {
+      if (kv_head < 0 || kv_head >= kv_heads) return {};  // check() was not called
+      return {data.data() + kv_head * capacity, 1, extent};
     }
 
     void add(const observed_row& row) {

@@ -157,44 +157,96 @@ void run_tile(bool row_kernel, const tile_context<TKV>& context, const tile_job&
   }
 }
 
-// The observer pass: turns each observed row's base-2 logits into probabilities
-// 2^(s - lse2) in place and delivers it, one KV head per work item (so the rows of one KV head
-// arrive in order on one thread, as core/observer.hpp promises). The kernels wrote a logit for
-// every key of their spans; the row's exact visible runs are a subset of those, and every other
-// key gets probability 0 here, so the buffer never needs clearing beforehand. Rows are
-// `row_stride` floats apart; a KV head's rows hold its own length's keys (kv.length).
+// What one work item kept of one observed row: keys [begin, end) hold 2^(s - reference)
+// (tile.hpp, keep_observed). A row has one per key split; reference -inf: nothing visible.
+struct observed_segment {
+  index_t begin = 0;
+  index_t end = 0;
+  float reference = -std::numeric_limits<float>::infinity();
+};
+
+// One observed row's probabilities over keys [keys.begin, keys.end), into
+// probabilities[j - keys.begin]: 2^(s - lse2) = kept · 2^(reference - lse2) on the row's
+// visible runs, segment by segment, and 0 everywhere else. kept is indexed by key.
+template <class A, class Mask>
+void observed_probabilities(const Mask& mask, position query, head_index head, position_range keys,
+                            const float* kept, const observed_segment* segments, index_t splits,
+                            float lse2, float* probabilities) {
+  const index_t first = keys.begin;
+  index_t next = first;  // keys before `next` are written
+  auto zero_until = [&](index_t key) {
+    if (key > next) std::fill(probabilities + (next - first), probabilities + (key - first), 0.0f);
+    next = std::max(next, key);
+  };
+  if (lse2 != -std::numeric_limits<float>::infinity()) {
+    for_each_visible_run(mask, query, head, keys, [&](position begin, position end) {
+      // Every visible key lies in some segment; a key in none would stay 0.
+      for (index_t s = 0; s < splits; ++s) {
+        const index_t from = std::max<index_t>(begin, segments[s].begin);
+        const index_t to = std::min<index_t>(end, segments[s].end);
+        if (from >= to) continue;
+        zero_until(from);
+        scale_by_exp2<A>(kept + from, probabilities + (from - first), to - from,
+                         segments[s].reference - lse2);
+        next = to;
+      }
+      zero_until(end);
+    });
+  }
+  zero_until(keys.end);
+}
+
+// The observer pass: turns each observed row's kept exponentials into probabilities in a
+// per-thread row, handed to the observer while it is in cache (the kept buffer is only read).
+// One KV head per work item, so the rows of one KV head arrive in order on one thread, as
+// core/observer.hpp promises. Rows are `row_stride` floats apart; a KV head's rows hold its own
+// length's keys (kv.length). An observer that only sums rows into a key-mass table gets them
+// added directly, a range of keys at a time for all the head's rows (the range's probabilities
+// and table entries stay in L1; rows added in delivery order, so the same bits).
 template <class A, class TKV, class Mask, class Executor>
 void deliver_observed_rows(const attention_params& p, const kv_source<TKV>& kv, const Mask& mask,
-                           float* observed_logits, const float* observed_lse2, index_t row_stride,
+                           const float* observed_values, const float* observed_lse2,
+                           const observed_segment* segments, index_t splits, index_t row_stride,
                            Executor& executor) {
-  using batch = xsimd::batch<float, A>;
-  constexpr index_t width = batch::size;
   const index_t first = p.observed_first_token();
   executor(static_cast<std::size_t>(p.kv_heads), [&](std::size_t item) {
     const index_t kv_head = static_cast<index_t>(item);
     const index_t n = kv.length(kv_head, p.kv_tokens);
     const index_t first_position = n - p.q_tokens;  // the head's query_position(0)
+    auto row_probabilities = [&](index_t t, index_t g, position_range keys, float* destination) {
+      const index_t head = kv_head * p.group_size + g;
+      const index_t slot = (t - first) * p.q_heads + head;
+      observed_probabilities<A>(mask, first_position + t, head, keys,
+                                observed_values + slot * row_stride, segments + slot * splits,
+                                splits, observed_lse2[slot], destination);
+    };
+    if (p.observer.sums_key_mass()) {
+      const key_mass_target table = p.observer.mass_row(kv_head);
+      if (table.mass == nullptr) return;
+      constexpr index_t chunk = 1024;
+      float* probabilities = item_scratch().reserve(chunk);
+      const index_t keys = std::min(n, table.keys);
+      for (index_t begin = 0; begin < keys; begin += chunk) {
+        const index_t end = std::min(keys, begin + chunk);
+        float* mass = table.mass + begin * table.stride;
+        for (index_t t = first; t < p.q_tokens; ++t)
+          for (index_t g = 0; g < p.group_size; ++g) {
+            row_probabilities(t, g, {begin, end}, probabilities);
+            if (table.stride == 1)
+              add_rows<A>(probabilities, mass, end - begin);
+            else
+              for (index_t j = 0; j < end - begin; ++j) mass[j * table.stride] += probabilities[j];
+          }
+      }
+      return;
+    }
+    float* probabilities =
+        item_scratch().reserve(static_cast<std::size_t>(std::max<index_t>(n, 1)));
     for (index_t t = first; t < p.q_tokens; ++t) {
       for (index_t g = 0; g < p.group_size; ++g) {
-        const index_t head = kv_head * p.group_size + g;
-        const index_t slot = (t - first) * p.q_heads + head;
-        float* row = observed_logits + slot * row_stride;
-        const float lse2 = observed_lse2[slot];
-        index_t next = 0;  // keys before `next` are done
-        if (lse2 != -std::numeric_limits<float>::infinity()) {
-          for_each_visible_run(
-              mask, first_position + t, head, position_range{0, n},
-              [&](position begin, position end) {
-                std::fill(row + next, row + begin, 0.0f);
-                index_t j = begin;
-                for (; j + width <= end; j += width)
-                  exp2<A>(batch::load_unaligned(row + j) - batch(lse2)).store_unaligned(row + j);
-                for (; j < end; ++j) row[j] = std::exp2(row[j] - lse2);
-                next = end;
-              });
-        }
-        std::fill(row + next, row + n, 0.0f);
-        p.observer(observed_row{t, head, kv_head, std::span<const float>(row, n)});
+        row_probabilities(t, g, {0, n}, probabilities);
+        p.observer(observed_row{t, kv_head * p.group_size + g, kv_head,
+                                std::span<const float>(probabilities, n)});
       }
     }
   });
@@ -252,25 +304,34 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
   plan.splits = choose_splits(plan, base_items, max_visited, threads);
 
   // Call-lifetime buffers: split partial results, one slot per (tile, split) holding normalised
-  // rows and base-2 lse; and the observed rows' logits and lse.
+  // rows and base-2 lse; and the observed rows' kept exponentials, lse and segments.
   const index_t slot_floats = rp * dp + rp;
   const index_t partial_floats = plan.splits > 1 ? base_items * plan.splits * slot_floats : 0;
   const index_t observed_first = p.observed_first_token();
   const index_t observed_rows = (p.q_tokens - observed_first) * p.q_heads;
-  const index_t observed_floats = round_up(observed_rows * p.kv_tokens + observed_rows, 16);
+  constexpr index_t segment_floats = sizeof(observed_segment) / sizeof(float);
+  const index_t observed_floats =
+      observed_rows > 0 ? round_up(observed_rows * p.kv_tokens + observed_rows, 16) +
+                              round_up(observed_rows * plan.splits * segment_floats, 16)
+                        : 0;
   float* call_buffer =
       partial_floats + observed_floats > 0
           ? call_scratch().reserve(static_cast<std::size_t>(partial_floats + observed_floats))
           : nullptr;
   float* partials = call_buffer;
-  float* observed_logits = observed_rows > 0 ? call_buffer + partial_floats : nullptr;
+  float* observed_values = observed_rows > 0 ? call_buffer + partial_floats : nullptr;
   float* observed_lse2 =
-      observed_rows > 0 ? observed_logits + observed_rows * p.kv_tokens : nullptr;
+      observed_rows > 0 ? observed_values + observed_rows * p.kv_tokens : nullptr;
+  auto* observed_segments =
+      observed_rows > 0
+          ? reinterpret_cast<observed_segment*>(
+                observed_values + round_up(observed_rows * p.kv_tokens + observed_rows, 16))
+          : nullptr;
 
   tile_context<TKV> context{kv.k, kv.v, &p, dp, rp};
   context.mask = &mask;
   context.mask_row = &mask_row<Mask>;
-  context.observed_logits = observed_logits;
+  context.observed_values = observed_values;
   context.observed_first_token = observed_first;
   context.observed_stride = p.kv_tokens;
   const float q_multiplier = query_multiplier(p);
@@ -281,7 +342,7 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
   const index_t span_capacity = max_key_spans(p.kv_tokens);
   const index_t span_floats =
       round_up(span_capacity * static_cast<index_t>(sizeof(key_span) / sizeof(float)), 16);
-  const index_t item_floats = round_up(2 * rp * dp + 3 * rp + kernel_scratch, 16) + span_floats;
+  const index_t item_floats = round_up(2 * rp * dp + 4 * rp + kernel_scratch, 16) + span_floats;
 
   const auto items = static_cast<std::size_t>(base_items * plan.splits);
   executor(items, [&](std::size_t item) {
@@ -297,7 +358,8 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
     float* m = o_rows + rp * dp;
     float* l = m + rp;
     float* lse2 = l + rp;
-    float* work = lse2 + rp;
+    float* reference = lse2 + rp;
+    float* work = reference + rp;
     auto* spans = reinterpret_cast<key_span*>(q_rows + (item_floats - span_floats));
 
     // This split's share of the visited keys, cut at multiples of fine_keys.
@@ -319,6 +381,10 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
         stage_rows<A>(q.row(job.token_begin + t, (job.kv_head + h) * group), q.stride(1),
                       q.stride(2), group, p.head_dim, q_rows + (h * job.tokens + t) * group * dp,
                       dp, dp, q_multiplier);
+    if (observed_values != nullptr) {
+      std::fill(reference, reference + rows, -std::numeric_limits<float>::infinity());
+      job.observed_reference = reference;
+    }
     if (per_head_lengths) {
       tile_context<TKV> head_context = context;
       head_context.params = &jp;
@@ -327,6 +393,18 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
       run_tile<A>(plan.row_kernel, context, job, q_rows, o_rows, m, l, work);
     }
     normalise_rows(rows, dp, o_rows, m, l, lse2);
+    if (observed_values != nullptr) {
+      for (index_t r = 0; r < rows; ++r) {
+        const index_t token = job.row_token(r, group);
+        if (token < observed_first) continue;
+        const index_t slot = (token - observed_first) * p.q_heads + job.row_head(r, group);
+        observed_segment& segment = observed_segments[slot * plan.splits + split];
+        segment = job.span_count > 0
+                      ? observed_segment{job.spans[0].begin, job.spans[job.span_count - 1].end,
+                                         reference[r]}
+                      : observed_segment{};
+      }
+    }
 
     if (plan.splits == 1) {
       emit_rows(p, job, dp, o_rows, lse2, out, observed_lse2);
@@ -371,8 +449,9 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
     });
   }
 
-  if (observed_logits != nullptr)
-    deliver_observed_rows<A>(p, kv, mask, observed_logits, observed_lse2, p.kv_tokens, executor);
+  if (observed_values != nullptr)
+    deliver_observed_rows<A>(p, kv, mask, observed_values, observed_lse2, observed_segments,
+                             plan.splits, p.kv_tokens, executor);
 }
 
 }  // namespace simd

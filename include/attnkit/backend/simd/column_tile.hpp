@@ -123,13 +123,6 @@ void column_tile(const tile_context<TKV>& ctx, const tile_job& job, const float*
         ctx.mask_row(ctx.mask, p.query_position(job.token_begin + r / group),
                      first_head + r % group, {j0, j0 + keys}, st + r, rp);
     }
-    if (ctx.observed_logits != nullptr) {
-      for (index_t r = 0; r < rows; ++r) {
-        float* observed = ctx.observed_row(job.token_begin + r / group, first_head + r % group);
-        if (observed == nullptr) continue;
-        for (index_t j = 0; j < keys; ++j) observed[j0 + j] = st[j * rp + r];
-      }
-    }
 
     // Online softmax, all rows at once: new maximum, rescale factor, exponentials and sums.
     for (index_t r = 0; r < rp; r += width) {
@@ -153,6 +146,14 @@ void column_tile(const tile_context<TKV>& ctx, const tile_job& job, const float*
       if (!xsimd::all(alpha == batch(1.0f)))
         for (index_t c = 0; c < d; ++c)
           (batch::load_aligned(ot + c * rp + r) * alpha).store_aligned(ot + c * rp + r);
+    }
+    if (ctx.observed_values != nullptr) {
+      for (index_t r = 0; r < rows; ++r) {
+        float* observed = ctx.observed_row(job.token_begin + r / group, first_head + r % group);
+        if (observed != nullptr)
+          keep_observed<A>(observed, job.spans[0].begin, j0, keys, st + r, rp, running_max[r],
+                           job.observed_reference[r]);
+      }
     }
     // Oᵀ[c][row] += Σ_key V[key][c] · Pᵀ[key][row]
     gemm<A>(d, rp, keys, vs, 1, dp, st, rp, ot, rp, true);

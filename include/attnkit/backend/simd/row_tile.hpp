@@ -284,8 +284,6 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
       }
       if (job.spans[span].kind == tile_kind::partial)
         ctx.mask_row(ctx.mask, q_pos, head, {j0, j0 + keys}, row, 1);
-      if (float* observed = ctx.observed_row(job.row_token(r, group), head))
-        std::copy(row, row + keys, observed + j0);
       for (index_t j = keys; j < padded_keys; ++j) row[j] = minus_infinity;
 
       batch block_max(minus_infinity);
@@ -304,6 +302,9 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
       const float alpha = std::exp2(m[r] - shift);
       l[r] = l[r] * alpha + xsimd::hadd(sum);
       m[r] = new_max;
+      if (float* observed = ctx.observed_row(job.row_token(r, group), head))
+        keep_observed<A>(observed, job.spans[0].begin, j0, keys, row, 1, new_max,
+                         job.observed_reference[r]);
       if (alpha != 1.0f) {
         float* out = o_rows + r * dp;
         for (index_t c = 0; c < dp; c += width)

@@ -43,6 +43,8 @@ struct tile_job {
   index_t tokens = 0;
   const key_span* spans = nullptr;  // the keys to visit, in order (see mask/key_spans.hpp)
   index_t span_count = 0;
+  // Observed rows only: the kernel's reference per row (see keep_observed), -inf on entry.
+  float* observed_reference = nullptr;  // [rows]
 
   index_t rows(index_t group) const noexcept { return kv_heads * tokens * group; }
   index_t row_token(index_t r, index_t group) const noexcept {
@@ -81,19 +83,59 @@ struct tile_context {
   index_t padded_rows;  // rows of the largest tile rounded up to the vector width
   const void* mask = nullptr;
   void (*mask_row)(const void*, position, head_index, position_range, float*, index_t) = nullptr;
-  // Observed rows (query tokens >= observed_first_token) keep their base-2 logits here, row
-  // ((token - observed_first_token) · q_heads + head) · observed_stride (the call's longest KV
-  // head); null without an observer.
-  float* observed_logits = nullptr;
+  // Observed rows (query tokens >= observed_first_token) keep their exponentials here (see
+  // keep_observed), row ((token - observed_first_token) · q_heads + head) · observed_stride (the
+  // call's longest KV head); null without an observer.
+  float* observed_values = nullptr;
   index_t observed_first_token = 0;
   index_t observed_stride = 0;
 
   float* observed_row(index_t token, head_index head) const noexcept {
-    if (observed_logits == nullptr || token < observed_first_token) return nullptr;
-    return observed_logits +
+    if (observed_values == nullptr || token < observed_first_token) return nullptr;
+    return observed_values +
            ((token - observed_first_token) * params->q_heads + head) * observed_stride;
   }
 };
+
+// How far above an observed row's reference a kept exponential may go (2^64 stays well inside
+// fp32) before the row's kept values are rebased.
+inline constexpr float observed_headroom = 64.0f;
+
+// Keeps one observed row's exponentials of a span for the observer pass, so that pass needs one
+// multiply per key instead of an exp2 over logits read back from memory.
+//
+// The online softmax leaves e_j = 2^(s_j - running_max) in the span (running_max: the row's
+// maximum after this span; while it is -inf every e_j is 0). What is kept is 2^(s_j - reference)
+// with one reference per (row, work item): the observer pass turns it into the probability with
+// the factor 2^(reference - lse), once the row's log-sum-exp is final. The running maximum never
+// falls, so the first finite maximum serves as the reference until a later one exceeds it by
+// observed_headroom; then the item's earlier keys [first_key, j0) are rebased once — at most
+// (logit range / headroom) times per item, never for ordinary logit ranges.
+//   row: the row's buffer, indexed by key; e_j at e[(j - j0) · e_stride].
+template <class A>
+void keep_observed(float* row, index_t first_key, index_t j0, index_t keys, const float* e,
+                   index_t e_stride, float running_max, float& reference) {
+  using batch = xsimd::batch<float, A>;
+  constexpr index_t width = batch::size;
+  constexpr float minus_infinity = -std::numeric_limits<float>::infinity();
+  float scale = 1.0f;  // 2^(running_max - reference); the e_j are all 0 while running_max is -inf
+  if (running_max != minus_infinity) {
+    if (reference == minus_infinity) {
+      reference = running_max;  // every earlier kept value of the item is 0
+    } else if (running_max - reference > observed_headroom) {
+      scale_by_exp2<A>(row + first_key, row + first_key, j0 - first_key, reference - running_max);
+      reference = running_max;
+    } else if (running_max != reference) {
+      scale = std::exp2(running_max - reference);
+    }
+  }
+  float* destination = row + j0;
+  index_t j = 0;
+  if (e_stride == 1)
+    for (; j + width <= keys; j += width)
+      (batch::load_unaligned(e + j) * batch(scale)).store_unaligned(destination + j);
+  for (; j < keys; ++j) destination[j] = e[j * e_stride] * scale;
+}
 
 inline position_range query_range(const attention_params& p, const tile_job& job) {
   return {p.query_position(job.token_begin), p.query_position(job.token_begin + job.tokens)};

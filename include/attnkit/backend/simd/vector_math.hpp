@@ -9,6 +9,9 @@
 // logit (-inf) contributes exactly nothing.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
+
 #include "attnkit/core/config.hpp"
 #include "attnkit/core/simd_include.hpp"
 
@@ -101,6 +104,49 @@ ATTNKIT_ALWAYS_INLINE float horizontal_max(xsimd::batch<float, A> x) {
   for (std::size_t i = 1; i < xsimd::batch<float, A>::size; ++i)
     result = lanes[i] > result ? lanes[i] : result;
   return result;
+}
+
+// sum[j] += row[j] for j in [0, count).
+template <class A>
+void add_rows(const float* row, float* sum, index_t count) {
+  using batch = xsimd::batch<float, A>;
+  constexpr index_t width = batch::size;
+  index_t j = 0;
+  for (; j + width <= count; j += width)
+    (batch::load_unaligned(sum + j) + batch::load_unaligned(row + j)).store_unaligned(sum + j);
+  for (; j < count; ++j) sum[j] += row[j];
+}
+
+// out[j] = in[j] · 2^exponent for j in [0, count) (in == out allowed), for |in| below 2^64 and
+// any exponent <= 64 down to -inf. Results below the smallest normal float become exactly 0, as
+// exp2 above gives them, and no multiply sees or makes a subnormal (slow on x86 without
+// flush-to-zero): an exponent under -126, whose power is itself subnormal, is applied as two
+// normal factors, and inputs too small to give a normal result are zeroed before multiplying.
+template <class A>
+void scale_by_exp2(const float* in, float* out, index_t count, float exponent) {
+  using batch = xsimd::batch<float, A>;
+  constexpr index_t width = batch::size;
+  constexpr float input_bound = 64.0f;         // log2 of the largest |in|
+  if (!(exponent >= -126.0f - input_bound)) {  // also -inf and NaN-free -inf - x
+    std::fill(out, out + count, 0.0f);
+    return;
+  }
+  const bool two_steps = exponent < -125.0f;
+  const float first = std::exp2(two_steps ? exponent + input_bound : exponent);
+  const float second = two_steps ? std::exp2(-input_bound) : 1.0f;
+  // |in| >= 2^(-125 - exponent) gives a result of at least 2^-125 (normal, with a rounding step
+  // of margin); below it the result would be subnormal or 0.
+  const float cutoff = std::exp2(-125.0f - exponent);
+  index_t j = 0;
+  for (; j + width <= count; j += width) {
+    const batch x = batch::load_unaligned(in + j);
+    const batch kept = xsimd::select(xsimd::abs(x) < batch(cutoff), batch(0.0f), x);
+    (kept * batch(first) * batch(second)).store_unaligned(out + j);
+  }
+  for (; j < count; ++j) {
+    const float kept = std::fabs(in[j]) < cutoff ? 0.0f : in[j];
+    out[j] = kept * first * second;
+  }
 }
 
 }  // namespace simd
