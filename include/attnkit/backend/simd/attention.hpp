@@ -310,9 +310,9 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
   const index_t observed_first = p.observed_first_token();
   const index_t observed_rows = (p.q_tokens - observed_first) * p.q_heads;
   constexpr index_t segment_floats = sizeof(observed_segment) / sizeof(float);
+  const index_t kept_floats = round_up(observed_rows * p.kv_tokens + observed_rows, 16);
   const index_t observed_floats =
-      observed_rows > 0 ? round_up(observed_rows * p.kv_tokens + observed_rows, 16) +
-                              round_up(observed_rows * plan.splits * segment_floats, 16)
+      observed_rows > 0 ? kept_floats + round_up(observed_rows * plan.splits * segment_floats, 16)
                         : 0;
   float* call_buffer =
       partial_floats + observed_floats > 0
@@ -322,11 +322,9 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
   float* observed_values = observed_rows > 0 ? call_buffer + partial_floats : nullptr;
   float* observed_lse2 =
       observed_rows > 0 ? observed_values + observed_rows * p.kv_tokens : nullptr;
-  auto* observed_segments =
-      observed_rows > 0
-          ? reinterpret_cast<observed_segment*>(
-                observed_values + round_up(observed_rows * p.kv_tokens + observed_rows, 16))
-          : nullptr;
+  auto* observed_segments = observed_rows > 0
+                                ? reinterpret_cast<observed_segment*>(observed_values + kept_floats)
+                                : nullptr;
 
   tile_context<TKV> context{kv.k, kv.v, &p, dp, rp};
   context.mask = &mask;
@@ -397,7 +395,7 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
       for (index_t r = 0; r < rows; ++r) {
         const index_t token = job.row_token(r, group);
         if (token < observed_first) continue;
-        const index_t slot = (token - observed_first) * p.q_heads + job.row_head(r, group);
+        const index_t slot = context.observed_slot(token, job.row_head(r, group));
         observed_segment& segment = observed_segments[slot * plan.splits + split];
         segment = job.span_count > 0
                       ? observed_segment{job.spans[0].begin, job.spans[job.span_count - 1].end,

@@ -90,10 +90,13 @@ struct tile_context {
   index_t observed_first_token = 0;
   index_t observed_stride = 0;
 
+  // The index of an observed row (token >= observed_first_token) among the call's observed rows.
+  index_t observed_slot(index_t token, head_index head) const noexcept {
+    return (token - observed_first_token) * params->q_heads + head;
+  }
   float* observed_row(index_t token, head_index head) const noexcept {
     if (observed_values == nullptr || token < observed_first_token) return nullptr;
-    return observed_values +
-           ((token - observed_first_token) * params->q_heads + head) * observed_stride;
+    return observed_values + observed_slot(token, head) * observed_stride;
   }
 };
 
