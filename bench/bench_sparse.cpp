@@ -20,6 +20,8 @@
 //                    (target >= 10, page scoring included). Bounds stored in fp32 or fp16
 //                    (rounded outward, so still bounds); K/V in NHD, or head-major as a paged
 //                    cache with per-head pages stores them (a page is then one contiguous run).
+//                    Also 128 pages of 32 tokens (same 4096 tokens): half the bounds to stream,
+//                    runs twice as long, a coarser selection.
 //   observer/decode  n_kv = 32768, 32 / 8 heads: plain decode, then with accumulate_key_mass;
 //                    overhead = t_observed / t_plain - 1 (target < 10%).
 //   observer/prefill n = 4096, 32 / 8 heads, causal: plain, then with accumulate_key_mass over
@@ -258,9 +260,10 @@ const decode_inputs& long_cache_head_major() {
   return inputs;
 }
 
+// Quest keeping `top_pages` pages of `page` tokens (4096 tokens per KV head in every case).
 template <class Bounds>
-void bm_decode_quest(benchmark::State& state, const decode_inputs& in) {
-  constexpr index_t page = 16, top_pages = 256;
+void bm_decode_quest(benchmark::State& state, const decode_inputs& in, index_t page = 16) {
+  const index_t top_pages = 4096 / page;
   attnkit::page_bounds<Bounds> bounds(page, in.kv_heads, head_dim, long_n);
   const auto k = in.view(in.k);
   bounds.update(attnkit::cpu, k);
@@ -335,6 +338,9 @@ void register_all() {
   })->MinTime(0.5);
   reg("decode/n_kv:131072/quest:256_pages_of_16/bounds:fp16/kv:head_major",
       [](benchmark::State& s) { bm_decode_quest<attnkit::half>(s, long_cache_head_major()); })
+      ->MinTime(0.5);
+  reg("decode/n_kv:131072/quest:128_pages_of_32/bounds:fp16/kv:head_major",
+      [](benchmark::State& s) { bm_decode_quest<attnkit::half>(s, long_cache_head_major(), 32); })
       ->MinTime(0.5);
   reg("observer/decode/n_kv:32768/off", [](benchmark::State& s) {
     bm_observer_decode(s, false);

@@ -32,10 +32,10 @@
 #include <thread>
 #include <vector>
 
+#include "attnkit/core/aligned_memory.hpp"
 #include "attnkit/core/simd_include.hpp"  // xsimd, via attnkit's one include point (GCC 12 fix)
 
 #if defined(__linux__)
-#include <sys/mman.h>
 #include <unistd.h>
 #endif
 
@@ -55,27 +55,17 @@ inline void keep(const T& value) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Large aligned allocations (64-byte aligned, transparent huge pages requested on Linux so that
-// streaming kernels are not limited by 4 KiB page walks). The benchmarks allocate their tensors
-// through the same path as the bandwidth probe, so both see the same page size.
+// Large aligned allocations: the library's own (core/aligned_memory.hpp: 64-byte aligned, from
+// 2 MiB on 2 MiB-aligned with transparent huge pages requested on Linux, so that streaming
+// kernels are not limited by 4 KiB page walks). The benchmarks allocate their tensors through
+// the same path as the bandwidth probe and the library's page pool, so all see the same pages.
 // ------------------------------------------------------------------------------------------------
 
-inline constexpr std::size_t huge_page_bytes = std::size_t{2} << 20;
-
 inline void* allocate_bytes(std::size_t bytes) {
-  const std::size_t align = bytes >= huge_page_bytes ? huge_page_bytes : 64;
-  const std::size_t rounded = (std::max<std::size_t>(bytes, 1) + align - 1) / align * align;
-  void* p = std::aligned_alloc(align, rounded);
-  if (p == nullptr) throw std::bad_alloc();
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (rounded >= huge_page_bytes) madvise(p, rounded, MADV_HUGEPAGE);
-#endif
-  return p;
+  return attnkit::detail::allocate_aligned<std::byte>(std::max<std::size_t>(bytes, 1)).release();
 }
 
-struct free_deleter {
-  void operator()(void* p) const noexcept { std::free(p); }
-};
+using attnkit::detail::free_deleter;
 
 // ------------------------------------------------------------------------------------------------
 // Running a function on N threads released at the same instant.
