@@ -56,14 +56,7 @@ class accumulate_key_mass {
   }
 
   void operator()(const observed_row& row) const {
-    float* destination = mass_.data() + row.kv_head * mass_.stride(0);
-    const index_t stride = mass_.stride(1);
-    const index_t keys = static_cast<index_t>(row.probabilities.size());
-    if (stride == 1) {
-      for (index_t j = 0; j < keys; ++j) destination[j] += row.probabilities[j];
-    } else {
-      for (index_t j = 0; j < keys; ++j) destination[j * stride] += row.probabilities[j];
-    }
+    add_key_mass(key_mass_row(row.kv_head), row.probabilities);
   }
 
  private:

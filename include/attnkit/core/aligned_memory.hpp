@@ -39,15 +39,16 @@ using aligned_array = std::unique_ptr<E, free_deleter>;
 // The transparent huge page size of x86-64 and of AArch64 with 4 KiB base pages.
 inline constexpr std::size_t huge_page_bytes = std::size_t{2} << 20;
 
-// Bytes an aligned_array of `count` elements of E occupies: count · sizeof(E) rounded up to 64.
+// Usable bytes of an aligned_array of `count` elements of E: count · sizeof(E) rounded up to 64
+// (an array of 2 MiB or more is allocated rounded up to 2 MiB).
 template <class E>
 constexpr std::size_t aligned_bytes(std::size_t count) noexcept {
   return (count * sizeof(E) + 63) / 64 * 64;
 }
 
 // `count` elements of E, 64-byte aligned (2 MiB-aligned and huge-page advised from 2 MiB on, see
-// above), not initialised (callers that need zeros memset; a
-// large pool left untouched is only committed by the OS as it is first written). Null for 0.
+// above), not initialised (callers that need zeros memset; a large pool left untouched is only
+// committed by the OS as it is first written). Null for 0.
 template <class E>
 aligned_array<E> allocate_aligned(std::size_t count) {
   static_assert(std::is_trivially_copyable_v<E> && std::is_trivially_destructible_v<E>);

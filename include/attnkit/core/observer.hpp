@@ -16,6 +16,7 @@
 // needs no lock.
 #pragma once
 
+#include <algorithm>
 #include <concepts>
 #include <memory>
 #include <span>
@@ -34,6 +35,19 @@ struct key_mass_target {
   index_t stride = 1;
   index_t keys = 0;
 };
+
+// target.mass[j · stride] += probabilities[j] for the keys the target holds (none for a null
+// target): how a key-mass observer takes a delivered row, and how a kernel adds a key range.
+inline void add_key_mass(const key_mass_target& target, std::span<const float> probabilities) {
+  if (target.mass == nullptr) return;
+  const index_t keys = std::min(static_cast<index_t>(probabilities.size()), target.keys);
+  const float* p = probabilities.data();
+  if (target.stride == 1) {
+    for (index_t j = 0; j < keys; ++j) target.mass[j] += p[j];
+  } else {
+    for (index_t j = 0; j < keys; ++j) target.mass[j * target.stride] += p[j];
+  }
+}
 
 // One observed query row.
 struct observed_row {

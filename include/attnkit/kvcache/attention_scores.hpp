@@ -54,7 +54,7 @@ class attention_scores {
     // and, under score_update::replace, clears the previous observation.
     void check(const attention_shape& shape) const { state_->begin_call(shape); }
     void operator()(const observed_row& row) const { state_->add(row); }
-    // The kernels add rows here directly (core/observer.hpp): the same clipping as add().
+    // The kernels add rows here directly (core/observer.hpp), as add() does.
     key_mass_target key_mass_row(index_t kv_head) const noexcept {
       return state_->mass_row(kv_head);
     }
@@ -169,13 +169,7 @@ class attention_scores {
       return {data.data() + kv_head * capacity, 1, extent};
     }
 
-    void add(const observed_row& row) {
-      if (row.kv_head < 0 || row.kv_head >= kv_heads) return;  // check() was not called
-      float* destination = data.data() + row.kv_head * capacity;
-      const index_t n = std::min<index_t>(static_cast<index_t>(row.probabilities.size()), extent);
-      const float* p = row.probabilities.data();
-      for (index_t j = 0; j < n; ++j) destination[j] += p[j];
-    }
+    void add(const observed_row& row) { add_key_mass(mass_row(row.kv_head), row.probabilities); }
 
     score_update update;
     index_t observed_queries;

@@ -235,7 +235,8 @@ void deliver_observed_rows(const attention_params& p, const kv_source<TKV>& kv, 
             if (table.stride == 1)
               add_rows<A>(probabilities, mass, end - begin);
             else
-              for (index_t j = 0; j < end - begin; ++j) mass[j * table.stride] += probabilities[j];
+              add_key_mass({mass, table.stride, end - begin},
+                           std::span<const float>(probabilities, end - begin));
           }
       }
       return;
