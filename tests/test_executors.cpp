@@ -194,6 +194,24 @@ TEST_CASE("thread_pool: runs every index exactly once", "[executors][thread_pool
   }
 }
 
+TEST_CASE("thread_pool: jobs back to back, while workers spin and after they sleep",
+          "[executors][thread_pool]") {
+  // A worker spins for the pool's `spin` after each job, then sleeps: a job published while it
+  // spins, one after it slept, and pools that never spin must all run every item once.
+  for (const auto spin : {std::chrono::microseconds(0), thread_pool::default_spin,
+                          std::chrono::microseconds(20000)}) {
+    thread_pool pool(3, spin);
+    for (int job = 0; job < 60; ++job) {
+      if (job % 20 == 19) std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      const std::size_t n = 1 + static_cast<std::size_t>(job % 7) * 5;
+      std::atomic<std::size_t> sum{0};
+      pool(n, [&](std::size_t i) { sum.fetch_add(i + 1); });
+      CAPTURE(spin.count(), job);
+      CHECK(sum.load() == n * (n + 1) / 2);
+    }
+  }
+}
+
 TEST_CASE("thread_pool: uses its worker threads", "[executors][thread_pool]") {
   // Every item waits (up to 10 s, so a loaded machine cannot make this flaky) until a second
   // thread has joined: with 3 threads the job cannot finish on the calling thread alone.

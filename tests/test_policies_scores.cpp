@@ -106,8 +106,10 @@ struct fixed_scorer {
 TEST_CASE("top_slots: both paths keep the best count, latest first among ties", "[policies]") {
   attnkit_test::rng random(11);
   attnkit::detail::top_slots top;
-  for (int trial = 0; trial < 300; ++trial) {
-    const index_t n = random.integer(0, 70);
+  for (int trial = 0; trial < 400; ++trial) {
+    // Every third trial is long enough for the few-evictions path's vector pre-filter to pass
+    // over whole vectors once its buffer is full.
+    const index_t n = trial % 3 == 0 ? random.integer(40, 400) : random.integer(0, 70);
     std::vector<float> scores(static_cast<std::size_t>(n));
     for (float& s : scores) {
       const auto kind = random.integer(0, 9);
@@ -124,7 +126,12 @@ TEST_CASE("top_slots: both paths keep the best count, latest first among ties", 
       const float rb = rank(scores[static_cast<std::size_t>(b)]);
       return ra != rb ? ra > rb : a > b;
     });
-    const index_t count = random.integer(0, n + 1);
+    // Half the trials evict at most small_evictions (the decode step's one-pass path).
+    const index_t count =
+        trial % 2 == 0
+            ? std::max<index_t>(
+                  0, n - random.integer(1, attnkit::detail::top_slots::small_evictions + 1))
+            : random.integer(0, n + 1);
     std::vector<index_t> expected(order.begin(),
                                   order.begin() + static_cast<std::ptrdiff_t>(std::min(count, n)));
     std::sort(expected.begin(), expected.end());

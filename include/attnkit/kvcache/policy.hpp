@@ -36,7 +36,11 @@
 #include <concepts>
 #include <cstddef>
 #include <limits>
+#include <memory>
+#include <new>
 #include <span>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "attnkit/core/config.hpp"
@@ -139,6 +143,32 @@ struct compensation_token {
   index_t count = 0;
 };
 
+namespace detail {
+
+// std::allocator whose resize() leaves new elements of a trivial type unwritten: keep_range
+// writes every slot it adds anyway, and a decode step's select adds 32K of them per head, so the
+// zero fill of std::vector would double the list's memory traffic.
+template <class E>
+struct uninitialized_allocator : std::allocator<E> {
+  template <class U>
+  struct rebind {
+    using other = uninitialized_allocator<U>;
+  };
+  uninitialized_allocator() = default;
+  template <class U>
+  uninitialized_allocator(const uninitialized_allocator<U>&) noexcept {}
+  template <class U>
+  void construct(U* p) noexcept(std::is_nothrow_default_constructible_v<U>) {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+
+}  // namespace detail
+
 // What select() decided for one layer: per KV head, the ascending slots to keep and at most one
 // compensation token. Reused across calls: reset() clears it and keeps every buffer's capacity.
 class keep_list {
@@ -172,7 +202,7 @@ class keep_list {
   void keep(index_t head, index_t slot) { slots_[static_cast<std::size_t>(head)].push_back(slot); }
   void keep_range(index_t head, index_t begin, index_t end) {
     if (end <= begin) return;
-    std::vector<index_t>& s = slots_[static_cast<std::size_t>(head)];
+    slot_list& s = slots_[static_cast<std::size_t>(head)];
     const std::size_t at = s.size();
     s.resize(at + static_cast<std::size_t>(end - begin));
     index_t* out = s.data() + at;
@@ -229,7 +259,8 @@ class keep_list {
  private:
   index_t kv_heads_ = 0;
   index_t head_dim_ = 0;
-  std::vector<std::vector<index_t>> slots_;
+  using slot_list = std::vector<index_t, detail::uninitialized_allocator<index_t>>;
+  std::vector<slot_list> slots_;
   std::vector<compensation_token> compensations_;
   std::vector<unsigned char> has_compensation_;
 };

@@ -6,7 +6,8 @@
 // kept slots come out ascending, as keep_list and kv_cache::retain want them, without a sort:
 //
 // * few evictions (n - count <= small_evictions, the decode case: one token over budget per
-//   step): one pass keeps the lowest n - count (score, slot) pairs in a small sorted buffer;
+//   step): one pass keeps the lowest n - count (score, slot) pairs in a small sorted buffer,
+//   passing over whole vectors of scores that cannot enter it;
 // * otherwise: nth_element on a copy of the scores finds the threshold t, a counting pass finds
 //   how many slots tie at t, and an ascending pass emits every slot above t and the latest ties.
 //
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "attnkit/core/config.hpp"
+#include "attnkit/core/simd_include.hpp"
 
 namespace attnkit::detail {
 
@@ -121,10 +123,11 @@ class top_slots {
     // with an equal score ranks higher, so it displaces nothing: only a strictly lower score does.
     lowest_.clear();
     const auto n = static_cast<index_t>(scores.size());
-    for (index_t j = 0; j < n; ++j) {
-      const float r = rank_value(scores[static_cast<std::size_t>(j)]);
+    const float* score = scores.data();
+    auto consider = [&](index_t j) {
+      const float r = rank_value(score[j]);
       if (static_cast<index_t>(lowest_.size()) == evictions) {
-        if (!(r < lowest_.back().first)) continue;
+        if (!(r < lowest_.back().first)) return;
         lowest_.pop_back();
       }
       // Insert after every entry that ranks at or below (r, j): equal scores of earlier slots
@@ -132,7 +135,20 @@ class top_slots {
       auto at = lowest_.end();
       while (at != lowest_.begin() && (at - 1)->first > r) --at;
       lowest_.insert(at, {r, j});
+    };
+    index_t j = 0;
+    for (; j < n && static_cast<index_t>(lowest_.size()) < evictions; ++j) consider(j);
+    // Once the buffer is full, a slot enters only below its worst entry, which only falls: a
+    // vector of slots all at or above it is passed over with one comparison (NaN compares false,
+    // so a vector holding one goes through `consider`, which ranks it). On a decode step's 32K
+    // slots this is a streaming read instead of a compare-and-branch per slot.
+    using batch = xsimd::batch<float>;
+    constexpr index_t width = static_cast<index_t>(batch::size);
+    for (; j + width <= n; j += width) {
+      if (xsimd::all(batch::load_unaligned(score + j) >= batch(lowest_.back().first))) continue;
+      for (index_t i = j; i < j + width; ++i) consider(i);
     }
+    for (; j < n; ++j) consider(j);
     evicted_.clear();
     for (const auto& entry : lowest_) evicted_.push_back(entry.second);
     std::sort(evicted_.begin(), evicted_.end());

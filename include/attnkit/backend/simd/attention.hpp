@@ -307,11 +307,14 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
   // Call-lifetime buffers: split partial results, one slot per (tile, split) holding normalised
   // rows and base-2 lse; and the observed rows' kept exponentials, lse and segments.
   const index_t slot_floats = rp * dp + rp;
-  const index_t partial_floats = plan.splits > 1 ? base_items * plan.splits * slot_floats : 0;
+  const index_t partial_floats = plan.splits > 1
+                                     ? round_up(base_items * plan.splits * slot_floats, 16)
+                                     : 0;  // 64-byte multiple
   const index_t observed_first = p.observed_first_token();
   const index_t observed_rows = (p.q_tokens - observed_first) * p.q_heads;
   constexpr index_t segment_floats = sizeof(observed_segment) / sizeof(float);
-  const index_t kept_floats = round_up(observed_rows * p.kv_tokens + observed_rows, 16);
+  const index_t observed_stride = round_up(p.kv_tokens, 16);  // rows on cache lines
+  const index_t kept_floats = round_up(observed_rows * observed_stride + observed_rows, 16);
   const index_t observed_floats =
       observed_rows > 0 ? kept_floats + round_up(observed_rows * plan.splits * segment_floats, 16)
                         : 0;
@@ -322,7 +325,7 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
   float* partials = call_buffer;
   float* observed_values = observed_rows > 0 ? call_buffer + partial_floats : nullptr;
   float* observed_lse2 =
-      observed_rows > 0 ? observed_values + observed_rows * p.kv_tokens : nullptr;
+      observed_rows > 0 ? observed_values + observed_rows * observed_stride : nullptr;
   auto* observed_segments = observed_rows > 0
                                 ? reinterpret_cast<observed_segment*>(observed_values + kept_floats)
                                 : nullptr;
@@ -332,7 +335,7 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
   context.mask_row = &mask_row<Mask>;
   context.observed_values = observed_values;
   context.observed_first_token = observed_first;
-  context.observed_stride = p.kv_tokens;
+  context.observed_stride = observed_stride;
   const float q_multiplier = query_multiplier(p);
 
   const index_t kernel_scratch = plan.row_kernel
@@ -393,6 +396,7 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
     }
     normalise_rows(rows, dp, o_rows, m, l, lse2);
     if (observed_values != nullptr) {
+      stream_fence();  // the kept values (keep_observed's streaming stores) before the pass
       for (index_t r = 0; r < rows; ++r) {
         const index_t token = job.row_token(r, group);
         if (token < observed_first) continue;
@@ -450,7 +454,7 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
 
   if (observed_values != nullptr)
     deliver_observed_rows<A>(p, kv, mask, observed_values, observed_lse2, observed_segments,
-                             plan.splits, p.kv_tokens, executor);
+                             plan.splits, observed_stride, executor);
 }
 
 }  // namespace simd

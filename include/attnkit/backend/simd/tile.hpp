@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 #include "attnkit/backend/simd/convert.hpp"
@@ -85,7 +86,8 @@ struct tile_context {
   void (*mask_row)(const void*, position, head_index, position_range, float*, index_t) = nullptr;
   // Observed rows (query tokens >= observed_first_token) keep their exponentials here (see
   // keep_observed), row ((token - observed_first_token) · q_heads + head) · observed_stride (the
-  // call's longest KV head); null without an observer.
+  // call's longest KV head, rounded up to 16 floats so that rows start on a cache line); null
+  // without an observer.
   float* observed_values = nullptr;
   index_t observed_first_token = 0;
   index_t observed_stride = 0;
@@ -134,9 +136,16 @@ void keep_observed(float* row, index_t first_key, index_t j0, index_t keys, cons
   }
   float* destination = row + j0;
   index_t j = 0;
-  if (e_stride == 1)
+  // The kept values are read back only by the observer pass, after the rest of the K/V stream:
+  // streaming stores skip reading each line for ownership and leave the caches to K and V
+  // (observer overhead of a 32K decode step 8.5 -> 5.5 %, bench/RESULTS.md). run_attention
+  // fences before the pass.
+  if (e_stride == 1) {
+    for (; j < keys && reinterpret_cast<std::uintptr_t>(destination + j) % sizeof(batch) != 0; ++j)
+      destination[j] = e[j] * scale;
     for (; j + width <= keys; j += width)
-      (batch::load_unaligned(e + j) * batch(scale)).store_unaligned(destination + j);
+      stream_store<A>(destination + j, batch::load_unaligned(e + j) * batch(scale));
+  }
   for (; j < keys; ++j) destination[j] = e[j * e_stride] * scale;
 }
 

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "attnkit/core/config.hpp"
 #include "attnkit/core/simd_include.hpp"
@@ -104,6 +105,34 @@ ATTNKIT_ALWAYS_INLINE float horizontal_max(xsimd::batch<float, A> x) {
   for (std::size_t i = 1; i < xsimd::batch<float, A>::size; ++i)
     result = lanes[i] > result ? lanes[i] : result;
   return result;
+}
+
+// A store that bypasses the caches (x86 non-temporal: no read-for-ownership of the line, no
+// eviction of data the caller still needs), for buffers written once now and read back only
+// after much other traffic. `to` must be aligned to the batch; elsewhere it is a plain store.
+// Non-temporal stores are weakly ordered: stream_fence() must run before another thread may read
+// what they wrote.
+template <class A>
+ATTNKIT_ALWAYS_INLINE void stream_store(float* to, xsimd::batch<float, A> x) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
+    _mm512_stream_ps(to, x);
+    return;
+  }
+#endif
+#if defined(__AVX__)
+  if constexpr (std::is_base_of_v<xsimd::avx, A> && !std::is_base_of_v<xsimd::avx512f, A>) {
+    _mm256_stream_ps(to, x);
+    return;
+  }
+#endif
+  x.store_aligned(to);
+}
+
+inline void stream_fence() {
+#if defined(__SSE__)
+  _mm_sfence();
+#endif
 }
 
 // sum[j] += row[j] for j in [0, count).
