@@ -137,9 +137,9 @@ void keep_observed(float* row, index_t first_key, index_t j0, index_t keys, cons
   float* destination = row + j0;
   index_t j = 0;
   // The kept values are read back only by the observer pass, after the rest of the K/V stream:
-  // streaming stores skip reading each line for ownership and leave the caches to K and V
-  // (observer overhead of a 32K decode step 8.5 -> 5.5 %, bench/RESULTS.md). run_attention
-  // fences before the pass.
+  // streaming stores skip reading each line for ownership and leave the caches to K and V (with
+  // the pool's spinning workers, observer overhead of a 32K decode step 9.0-9.8 -> 4.1-5.6 %,
+  // bench/RESULTS.md). run_attention fences before the pass.
   if (e_stride == 1) {
     for (; j < keys && reinterpret_cast<std::uintptr_t>(destination + j) % sizeof(batch) != 0; ++j)
       destination[j] = e[j] * scale;
