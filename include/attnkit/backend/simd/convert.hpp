@@ -97,6 +97,16 @@ void stage_rows(const T* source, index_t row_stride, index_t col_stride, index_t
   }
 }
 
+// Asks for the cache line holding `address` to be brought into L2 (x86 prefetcht1), without
+// waiting for it: the kernels that prefetch touch each line once, soon after.
+ATTNKIT_ALWAYS_INLINE void prefetch_line(const void* address) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(address, 0, 2);
+#else
+  (void)address;
+#endif
+}
+
 // A range of rows to pull towards the core a few lines at a time, interleaved with compute: a
 // whole block of prefetches at once only stalls on the line-fill buffers, while a steady trickle
 // keeps memory busy during the arithmetic of the previous block. Lines go to L2 (prefetcht1):
@@ -117,9 +127,7 @@ class prefetch_stream {
 
   ATTNKIT_ALWAYS_INLINE void issue(index_t lines) noexcept {
     for (; lines > 0 && row_ < rows_; --lines) {
-#if defined(__GNUC__) || defined(__clang__)
-      __builtin_prefetch(base_ + row_ * row_stride_bytes_ + offset_, 0, 2);
-#endif
+      prefetch_line(base_ + row_ * row_stride_bytes_ + offset_);
       offset_ += 64;
       if (offset_ >= row_bytes_) {
         offset_ = 0;

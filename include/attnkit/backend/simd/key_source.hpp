@@ -16,6 +16,7 @@
 
 #include <algorithm>
 
+#include "attnkit/backend/simd/convert.hpp"
 #include "attnkit/core/config.hpp"
 #include "attnkit/core/paged_kv_view.hpp"
 #include "attnkit/core/tensor_view.hpp"
@@ -129,23 +130,31 @@ class prefetch_rows {
     return (end_ - slot_) * ((row_bytes_ + 63) / 64) - offset_ / 64;
   }
 
+  // The cursor is copied into locals for the loop: kept in the object, every line would store
+  // and reload it (the compiler cannot keep members of an object the caller holds by reference
+  // in registers across the prefetches), a store-forwarding chain of several cycles per line.
   ATTNKIT_ALWAYS_INLINE void issue(index_t lines) noexcept {
-    for (; lines > 0 && slot_ < end_; --lines) {
-#if defined(__GNUC__) || defined(__clang__)
-      __builtin_prefetch(row_ + offset_, 0, 2);
-#endif
-      offset_ += 64;
-      if (offset_ >= row_bytes_) {
-        offset_ = 0;
-        if (++slot_ >= end_) return;
-        if (--left_in_page_ > 0) {
-          row_ += row_stride_bytes_;
+    if (lines <= 0 || slot_ >= end_) return;
+    const char* row = row_;
+    index_t offset = offset_, slot = slot_, left_in_page = left_in_page_;
+    for (; lines > 0; --lines) {
+      prefetch_line(row + offset);
+      offset += 64;
+      if (offset >= row_bytes_) {
+        offset = 0;
+        if (++slot >= end_) break;
+        if (--left_in_page > 0) {
+          row += row_stride_bytes_;
         } else {
-          row_ = reinterpret_cast<const char*>(source_->row(head_, slot_));
-          left_in_page_ = source_->page_size;
+          row = reinterpret_cast<const char*>(source_->row(head_, slot));
+          left_in_page = source_->page_size;
         }
       }
     }
+    row_ = row;
+    offset_ = offset;
+    slot_ = slot;
+    left_in_page_ = left_in_page;
   }
 
  private:

@@ -38,39 +38,44 @@ namespace simd {
 inline constexpr int row_block = 4;  // rows whose accumulators share the loaded K/V vectors
 
 // Dot products of rows [0, RB) (queries at q, rows q_stride apart) with KP consecutive keys
-// (key, key + key_stride, ...; `vectors` vectors each) into partial[r * width + jj + i]. Each
-// loaded key vector serves every row from registers, each query vector every key.
+// (key, key + key_stride, ...; `vectors` vectors each), left in acc[r][i] as vectors whose lanes
+// sum to the dot product. Each loaded key vector serves every row from registers, each query
+// vector every key. A nonzero `ahead` prefetches the same lines of the keys `ahead` elements
+// further on, one line per line read.
 template <class A, int RB, int KP, class T>
 ATTNKIT_ALWAYS_INLINE void dot_rows(const float* q, index_t q_stride, const T* key,
                                     index_t key_stride, index_t vectors,
-                                    xsimd::batch<float, A>* partial, index_t jj) {
+                                    xsimd::batch<float, A> (&acc)[RB][KP], index_t ahead = 0) {
   using batch = xsimd::batch<float, A>;
   constexpr index_t width = batch::size;
-  batch acc[RB][KP];
   for (int r = 0; r < RB; ++r)
     for (int i = 0; i < KP; ++i) acc[r][i] = batch(0.0f);
   for (index_t c = 0; c < vectors * width; c += width) {
     batch kv[KP];
+    if (ahead != 0 && (c * static_cast<index_t>(sizeof(T))) % 64 == 0)
+      for (int i = 0; i < KP; ++i) prefetch_line(key + i * key_stride + c + ahead);
     for (int i = 0; i < KP; ++i) kv[i] = load_float<A>(key + i * key_stride + c);
     for (int r = 0; r < RB; ++r) {
       const batch qv = batch::load_aligned(q + r * q_stride + c);
       for (int i = 0; i < KP; ++i) acc[r][i] = xsimd::fma(qv, kv[i], acc[r][i]);
     }
   }
-  for (int r = 0; r < RB; ++r)
-    for (int i = 0; i < KP; ++i) partial[r * width + jj + i] = acc[r][i];
 }
 
 // o[r][0, CV vectors) += Σ_i p[r][j + i] · value_i for rows [0, RB) and KP consecutive tokens:
 // the output rows of one head stay in L1 and are updated KP tokens at a time, so V can be
-// streamed token-major like K.
+// streamed token-major like K. A nonzero `ahead` prefetches the lines read `ahead` elements on.
 template <class A, int RB, int CV, int KP, class T>
 ATTNKIT_ALWAYS_INLINE void accumulate_values(const float* p, index_t p_stride, index_t j,
                                              const T* value, index_t value_stride, float* o,
-                                             index_t o_stride) {
+                                             index_t o_stride, index_t ahead) {
   using batch = xsimd::batch<float, A>;
   constexpr index_t width = batch::size;
   batch vv[KP][CV];
+  if (ahead != 0)
+    for (index_t b = 0; b < CV * width * static_cast<index_t>(sizeof(T)); b += 64)
+      for (int i = 0; i < KP; ++i)
+        prefetch_line(reinterpret_cast<const char*>(value + i * value_stride + ahead) + b);
   for (int i = 0; i < KP; ++i)
     for (int c = 0; c < CV; ++c) vv[i][c] = load_float<A>(value + i * value_stride + c * width);
   for (int r = 0; r < RB; ++r) {
@@ -88,24 +93,25 @@ ATTNKIT_ALWAYS_INLINE void accumulate_values(const float* p, index_t p_stride, i
 template <class A, int RB, int KP, class T>
 ATTNKIT_ALWAYS_INLINE void accumulate_values_row(const float* p, index_t p_stride, index_t j,
                                                  const T* value, index_t value_stride,
-                                                 index_t vectors, float* o, index_t o_stride) {
+                                                 index_t vectors, float* o, index_t o_stride,
+                                                 index_t ahead = 0) {
   constexpr index_t width = xsimd::batch<float, A>::size;
   // Chunks of 4 vectors: KP·4 value vectors (16 at KP = 4) stay in registers.
   constexpr int chunk = 4;
   index_t c = 0;
   for (; c + chunk <= vectors; c += chunk)
     accumulate_values<A, RB, chunk, KP>(p, p_stride, j, value + c * width, value_stride,
-                                        o + c * width, o_stride);
+                                        o + c * width, o_stride, ahead);
   switch (vectors - c) {
     case 3:
       return accumulate_values<A, RB, 3, KP>(p, p_stride, j, value + c * width, value_stride,
-                                             o + c * width, o_stride);
+                                             o + c * width, o_stride, ahead);
     case 2:
       return accumulate_values<A, RB, 2, KP>(p, p_stride, j, value + c * width, value_stride,
-                                             o + c * width, o_stride);
+                                             o + c * width, o_stride, ahead);
     case 1:
       return accumulate_values<A, RB, 1, KP>(p, p_stride, j, value + c * width, value_stride,
-                                             o + c * width, o_stride);
+                                             o + c * width, o_stride, ahead);
     default:
       return;
   }
@@ -143,13 +149,16 @@ inline index_t row_key_block(index_t kv_heads, index_t padded_dim) {
   return std::clamp<index_t>(fit, 16, key_block);
 }
 
-// Scratch floats row_tile needs: logits for every row of a block, `width` dot-product
-// accumulators per row, and (slow path only) the block of every head staged in fp32.
+// Scratch floats row_tile needs: logits of two blocks for every row (one block's logits are
+// computed while the previous block's probabilities weight its values), per row `width`
+// dot-product accumulators and width / 4 folded ones, and (slow path only) the block of every
+// head staged in fp32.
 template <class A>
 index_t row_tile_scratch(index_t kv_heads, index_t padded_rows, index_t padded_dim) {
   constexpr index_t width = xsimd::batch<float, A>::size;
   const index_t block = row_key_block(kv_heads, padded_dim);
-  return padded_rows * block + padded_rows * width * width + 2 * kv_heads * block * padded_dim;
+  return 2 * padded_rows * block + padded_rows * (width + width / 4) * width +
+         2 * kv_heads * block * padded_dim;
 }
 
 template <class A, index_t D, class TKV>
@@ -169,9 +178,16 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
   const bool direct = d % width == 0 && ctx.k.col_stride == 1 && ctx.v.col_stride == 1;
   constexpr float minus_infinity = -std::numeric_limits<float>::infinity();
 
-  float* s_rows = scratch;  // [rows][block]  logits, probabilities
-  auto* partial = reinterpret_cast<batch*>(s_rows + rows * block);  // [rows][width] batches
-  float* ks = s_rows + rows * block + rows * width * width;         // slow path: [heads][block][dp]
+  float* s_rows[2] = {scratch, scratch + rows * block};  // [rows][block] logits, probabilities
+  // Dot-product accumulators of one vector of keys: four keys' accumulators of a row are folded
+  // into one vector (fold_quads) as soon as they are complete, which keeps this scratch small
+  // enough for L1 beside the queries and outputs; keys that do not come as an aligned four (a
+  // run of a paged cache that starts or ends mid-quad) keep theirs unfolded until the vector
+  // is complete.
+  constexpr index_t quads = width / 4;
+  auto* partial = reinterpret_cast<batch*>(scratch + 2 * rows * block);     // [rows][width]
+  batch* folded = partial + rows * width;                                   // [rows][quads]
+  float* ks = scratch + 2 * rows * block + rows * (width + quads) * width;  // [heads][block][dp]
   float* vs = ks + job.kv_heads * block * dp;
 
   std::fill(o_rows, o_rows + rows * dp, 0.0f);
@@ -183,15 +199,99 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
   for (index_t i = 0; i < width; ++i) lane_offset[i] = static_cast<float>(i);
   const batch lane_index = batch::load_aligned(lane_offset);
   const bool transform = p.has_logit_transform();
+  // Prefetching whole next blocks needs a block's rows of every head of the job to be one run per
+  // token: NHD memory with head stride = head_dim, or a job of one KV head.
+  const bool prefetch =
+      direct && (job.kv_heads == 1 || (ctx.k.head_stride == d && ctx.v.head_stride == d));
+
+  // Where a block's keys and values are read from: `runs(begin, end, visit)` gives the keys
+  // [begin, end) as runs of rows visit(first_slot, count, first_row, row_stride): the caller's
+  // memory (one run for a contiguous view, one per page of a paged cache, key_source.hpp), or
+  // (slow path) the fp32 copy staged head by head, one run.
+  auto source_runs = [&](const row_source<TKV>& source) {
+    return [&source, &job](index_t begin, index_t end, auto&& visit) {
+      source.for_each_run(job.kv_head, begin, end, [&](index_t slot, index_t n, const TKV* run) {
+        visit(slot, n, run, source.row_stride);
+      });
+    };
+  };
+  auto staged_runs = [dp](const float* staged, index_t j0) {
+    return [staged, j0, dp](index_t begin, index_t end, auto&& visit) {
+      visit(begin, end - begin, staged + (begin - j0) * dp, dp);
+    };
+  };
+
+  // Two kinds of software prefetch keep memory requests in flight while the core computes:
+  //  - near: in a contiguous view, every K and V line is prefetched `lead` tokens (about 2 KiB
+  //    of rows) before it is read, spread evenly through the arithmetic (one prefetch per line
+  //    the kernel consumes; burst-issuing the same lines stalls the loads behind them);
+  //  - next span: where the next keys are not the continuation of the current ones (a paged
+  //    cache's pages, a sparse selection's jumps, the first block), that span's rows are
+  //    trickled into L2 a few lines per (key, head) step.
+  const bool near_prefetch = prefetch && !ctx.k.is_paged() && !ctx.v.is_paged();
+  const index_t row_bytes = job.kv_heads * d * static_cast<index_t>(sizeof(TKV));
+  const index_t lead = std::max<index_t>(1, 2048 / row_bytes);
+  const index_t k_ahead = near_prefetch ? lead * ctx.k.row_stride : 0;
+  const index_t v_ahead = near_prefetch ? lead * ctx.v.row_stride : 0;
+  const index_t near_end = job.span_count > 0 ? job.spans[job.span_count - 1].end - lead : 0;
+  prefetch_rows<TKV> next_k, next_v;
+  index_t lines_per_step = 0;
+  auto issue_prefetches = [&](index_t steps) {
+    next_k.issue(lines_per_step * steps);
+    next_v.issue(lines_per_step * steps);
+  };
+
+  // Output, token-major like the logits, so V is one sequential stream too: adds the values of
+  // keys [from, to) of span s, weighted by their probabilities `probabilities` [rows][block],
+  // into the output rows (kept in L1), 4 tokens of a head at a time.
+  auto add_values = [&](index_t s, const float* probabilities, index_t from, index_t to) {
+    const index_t j0 = job.spans[s].begin;
+    auto body = [&](auto&& runs, index_t v_head_stride) {
+      runs(j0 + from, j0 + to, [&](index_t slot, index_t n, auto v_run, index_t stride) {
+        for_key_steps(0, n, [&](auto kp, index_t i) {
+          constexpr int KP = decltype(kp)::value;
+          const index_t jj = slot - j0 + i;
+          const index_t ahead = slot + i + KP <= near_end ? v_ahead : 0;
+          for (index_t h = 0; h < job.kv_heads; ++h) {
+            issue_prefetches(KP);
+            const auto* value = v_run + i * stride + h * v_head_stride;
+            const index_t first = h * rows_per_head;
+            for_row_blocks(rows_per_head, [&](auto rb, index_t r) {
+              constexpr int RB = decltype(rb)::value;
+              accumulate_values_row<A, RB, KP>(probabilities + (first + r) * block, block, jj,
+                                               value, stride, vectors, o_rows + (first + r) * dp,
+                                               dp, r == 0 ? ahead : 0);
+            });
+          }
+        });
+      });
+    };
+    if (direct)
+      body(source_runs(ctx.v), ctx.v.head_stride);
+    else
+      body(staged_runs(vs, j0), block * dp);
+  };
+
+  // Software pipelining over blocks: block b's logits are computed interleaved, 4 keys at a time,
+  // with block b-1's values (`pending`), so K and V stream from memory at the same time and the
+  // hardware prefetchers run ahead on two streams instead of one (see bench/RESULTS.md for what
+  // this and the near prefetch gained). The staged slow path keeps one block at a time: its
+  // staging buffers hold one block.
+  index_t pending = -1, pending_done = 0;
+  const float* pending_probabilities = nullptr;
+  auto advance_pending = [&](index_t keys) {
+    if (pending < 0) return;
+    const index_t to = std::min(pending_done + keys, job.spans[pending].size());
+    if (to > pending_done) add_values(pending, pending_probabilities, pending_done, to);
+    pending_done = to;
+  };
 
   for (index_t span = 0; span < job.span_count; ++span) {
     const index_t j0 = job.spans[span].begin;
     const index_t keys = job.spans[span].size();
     const index_t padded_keys = round_up(keys, width);
+    float* s_block = s_rows[span % 2];
 
-    // Where this block's keys and values are read from: the caller's memory (runs of rows:
-    // one for a contiguous view, one per page of a paged cache), or (slow path) an fp32 copy
-    // staged head by head.
     if (!direct) {
       for (index_t h = 0; h < job.kv_heads; ++h) {
         ctx.k.for_each_run(job.kv_head + h, j0, j0 + keys, [&](index_t slot, index_t n, auto rows) {
@@ -205,72 +305,88 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
       }
     }
 
-    // The next block streams in while this one computes: its tokens' rows of all heads are one
-    // contiguous run each in NHD memory (head stride = head_dim), which is what is prefetched
-    // (a paged job covers one head: its rows, page by page).
-    prefetch_rows<TKV> next_k, next_v;
-    if (direct && span + 1 < job.span_count &&
-        (job.kv_heads == 1 || (ctx.k.head_stride == d && ctx.v.head_stride == d))) {
-      const index_t next = job.spans[span + 1].begin;
-      const index_t next_end = job.spans[span + 1].end;
-      const index_t run_bytes = job.kv_heads * d * static_cast<index_t>(sizeof(TKV));
-      next_k = prefetch_rows<TKV>(ctx.k, job.kv_head, next, next_end, run_bytes);
-      next_v = prefetch_rows<TKV>(ctx.v, job.kv_head, next, next_end, run_bytes);
+    // The next span's keys and this span's values (read with the next span's keys) are
+    // trickled in where near prefetch does not reach them: their tokens' rows of all heads are
+    // one run each in NHD memory (head stride = head_dim); a paged job covers one head: its
+    // rows, page by page.
+    if (prefetch) {
+      const bool k_jump = span + 1 < job.span_count &&
+                          (!near_prefetch || job.spans[span + 1].begin != job.spans[span].end);
+      const bool v_jump =
+          !near_prefetch || span == 0 || job.spans[span].begin != job.spans[span - 1].end;
+      next_k = k_jump ? prefetch_rows<TKV>(ctx.k, job.kv_head, job.spans[span + 1].begin,
+                                           job.spans[span + 1].end, row_bytes)
+                      : prefetch_rows<TKV>();
+      next_v = v_jump ? prefetch_rows<TKV>(ctx.v, job.kv_head, j0, j0 + keys, row_bytes)
+                      : prefetch_rows<TKV>();
+      const index_t pending_keys = pending < 0 ? 0 : job.spans[pending].size() - pending_done;
+      const index_t steps = (keys + pending_keys) * job.kv_heads;
+      lines_per_step = (std::max(next_k.lines(), next_v.lines()) + steps - 1) / steps;
     }
-    // Spread over the (key, head) steps of both passes below.
-    const index_t steps = 2 * keys * job.kv_heads;
-    const index_t lines_per_step = (next_k.lines() + next_v.lines() + steps - 1) / steps;
 
     // Logits, token-major: for each step of keys, every head's rows. In NHD memory a token's heads
-    // are contiguous, so K is read as one sequential stream the hardware prefetchers follow.
-    // `runs(begin, end, visit)` gives the keys [begin, end) of the span as runs of rows
-    // visit(first_slot, count, first_row, row_stride) (key_source.hpp); a vector of keys that
-    // crosses a page takes two runs into the same accumulators.
+    // are contiguous, so K is read as one sequential stream the hardware prefetchers follow. A
+    // vector of keys that crosses a page takes two runs into the same accumulators.
     auto logits = [&](auto&& runs, index_t k_head_stride) {
       for (index_t jb = 0; jb < keys; jb += width) {
         const index_t count = std::min(width, keys - jb);
+        unsigned folded_quads = 0;  // bit g: quad g of this vector is in `folded`
         runs(j0 + jb, j0 + jb + count, [&](index_t slot, index_t n, auto k_run, index_t stride) {
           const index_t lane = slot - (j0 + jb);
           for_key_steps(0, n, [&](auto kp, index_t i) {
             constexpr int KP = decltype(kp)::value;
+            const index_t first_lane = lane + i;
+            const index_t ahead = slot + i + KP <= near_end ? k_ahead : 0;
+            const bool fold = KP == 4 && first_lane % 4 == 0;
+            if (fold) folded_quads |= 1u << (first_lane / 4);
             for (index_t h = 0; h < job.kv_heads; ++h) {
-              next_k.issue(lines_per_step * KP);
+              issue_prefetches(KP);
               const auto* key = k_run + i * stride + h * k_head_stride;
               const float* q = q_rows + h * rows_per_head * dp;
-              batch* head_partial = partial + h * rows_per_head * width;
               for_row_blocks(rows_per_head, [&](auto rb, index_t r) {
-                dot_rows<A, decltype(rb)::value, KP>(q + r * dp, dp, key, stride, vectors,
-                                                     head_partial + r * width, lane + i);
+                constexpr int RB = decltype(rb)::value;
+                batch acc[RB][KP];
+                dot_rows<A, RB, KP>(q + r * dp, dp, key, stride, vectors, acc, r == 0 ? ahead : 0);
+                const index_t row = h * rows_per_head + r;
+                for (int rr = 0; rr < RB; ++rr) {
+                  if constexpr (KP == 4) {
+                    if (fold) {
+                      folded[(row + rr) * quads + first_lane / 4] =
+                          fold_quads<A>(acc[rr][0], acc[rr][1], acc[rr][2], acc[rr][3]);
+                      continue;
+                    }
+                  }
+                  for (int k = 0; k < KP; ++k)
+                    partial[(row + rr) * width + first_lane + k] = acc[rr][k];
+                }
               });
             }
+            advance_pending(KP);
           });
         });
         for (index_t r = 0; r < rows; ++r) {
-          for (index_t jj = count; jj < width; ++jj) partial[r * width + jj] = batch(0.0f);
-          reduce_rows<A>(partial + r * width).store_aligned(s_rows + r * block + jb);
+          batch* row_partial = partial + r * width;
+          batch* row_folded = folded + r * quads;
+          for (index_t g = 0; g < quads; ++g) {
+            if (folded_quads >> g & 1u) continue;
+            for (index_t k = 4 * g; k < 4 * g + 4; ++k)
+              if (k >= count) row_partial[k] = batch(0.0f);
+            row_folded[g] = fold_quads<A>(row_partial[4 * g], row_partial[4 * g + 1],
+                                          row_partial[4 * g + 2], row_partial[4 * g + 3]);
+          }
+          fold_lanes<A>(row_folded).store_aligned(s_block + r * block + jb);
         }
       }
-    };
-    // The caller's rows, run by run; or the staged block, one run.
-    auto source_runs = [&](const row_source<TKV>& source) {
-      return [&source, &job](index_t begin, index_t end, auto&& visit) {
-        source.for_each_run(job.kv_head, begin, end, [&](index_t slot, index_t n, const TKV* run) {
-          visit(slot, n, run, source.row_stride);
-        });
-      };
-    };
-    auto staged_runs = [&](const float* staged) {
-      return [staged, j0, dp](index_t begin, index_t end, auto&& visit) {
-        visit(begin, end - begin, staged + (begin - j0) * dp, dp);
-      };
     };
     if (direct)
       logits(source_runs(ctx.k), ctx.k.head_stride);
     else
-      logits(staged_runs(ks), block * dp);
+      logits(staged_runs(ks, j0), block * dp);
+    // The previous block's values must all be in before the softmax below rescales the output.
+    advance_pending(block);
 
     for (index_t r = 0; r < rows; ++r) {
-      float* row = s_rows + r * block;
+      float* row = s_block + r * block;
       const position q_pos = p.query_position(job.row_token(r, group));
       const head_index head = job.row_head(r, group);
       if (transform) {
@@ -312,31 +428,16 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
       }
     }
 
-    // Output, token-major like the logits, so V is one sequential stream too.
-    auto values = [&](auto&& runs, index_t v_head_stride) {
-      runs(j0, j0 + keys, [&](index_t slot, index_t n, auto v_run, index_t stride) {
-        for_key_steps(0, n, [&](auto kp, index_t i) {
-          constexpr int KP = decltype(kp)::value;
-          const index_t jj = slot - j0 + i;
-          for (index_t h = 0; h < job.kv_heads; ++h) {
-            next_v.issue(lines_per_step * KP);
-            next_k.issue(lines_per_step * KP);
-            const auto* value = v_run + i * stride + h * v_head_stride;
-            const index_t first = h * rows_per_head;
-            for_row_blocks(rows_per_head, [&](auto rb, index_t r) {
-              constexpr int RB = decltype(rb)::value;
-              accumulate_values_row<A, RB, KP>(s_rows + (first + r) * block, block, jj, value,
-                                               stride, vectors, o_rows + (first + r) * dp, dp);
-            });
-          }
-        });
-      });
-    };
-    if (direct)
-      values(source_runs(ctx.v), ctx.v.head_stride);
-    else
-      values(staged_runs(vs), block * dp);
+    if (direct) {
+      pending = span;
+      pending_done = 0;
+      pending_probabilities = s_block;
+    } else {
+      add_values(span, s_block, 0, keys);
+    }
   }
+  lines_per_step = 0;
+  advance_pending(block);
 }
 
 }  // namespace simd

@@ -53,34 +53,64 @@ ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> tanh(xsimd::batch<float, A> x) {
   return xsimd::copysign(magnitude, x);
 }
 
-// sums[i] = Σ_lanes rows[i] for `width` batches: the transposing reduction that turns `width`
-// dot-product accumulators into one vector of `width` results. (xsimd 8.1's haddp returns the
-// AVX-512 lanes permuted, so it is not used.)
+// The transposing reduction that turns `width` dot-product accumulators into one vector of
+// `width` sums (sums[i] = Σ_lanes rows[i]), in two halves so that a kernel can fold every four
+// accumulators as soon as they are complete and keep one vector instead of four (row_tile):
+//   fold_quads(a, b, c, d): lane 4L + k is the sum of lanes 4L..4L+3 of the k-th argument;
+//   fold_lanes(quads):      lane 4i + k sums every lane 4L + k of quads[i] (width / 4 quads);
+// so fold_lanes over fold_quads of rows 4i..4i+3 gives sums[4i + k] = Σ_lanes rows[4i + k].
+// (xsimd 8.1's haddp returns the AVX-512 lanes permuted, so it is not used.)
 template <class A>
-ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> reduce_rows(
-    const xsimd::batch<float, A>* rows, xsimd::kernel::requires_arch<xsimd::generic>) {
-  alignas(64) float sums[xsimd::batch<float, A>::size];
-  for (std::size_t i = 0; i < xsimd::batch<float, A>::size; ++i) sums[i] = xsimd::hadd(rows[i]);
-  return xsimd::batch<float, A>::load_aligned(sums);
+ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> fold_quads(
+    xsimd::batch<float, A> a, xsimd::batch<float, A> b, xsimd::batch<float, A> c,
+    xsimd::batch<float, A> d, xsimd::kernel::requires_arch<xsimd::generic>) {
+  constexpr std::size_t width = xsimd::batch<float, A>::size;
+  static_assert(width % 4 == 0, "the folds work on groups of four lanes");
+  alignas(64) float in[4][width];
+  alignas(64) float out[width];
+  a.store_aligned(in[0]);
+  b.store_aligned(in[1]);
+  c.store_aligned(in[2]);
+  d.store_aligned(in[3]);
+  for (std::size_t lane = 0; lane < width; lane += 4)
+    for (std::size_t k = 0; k < 4; ++k)
+      out[lane + k] = (in[k][lane] + in[k][lane + 2]) + (in[k][lane + 1] + in[k][lane + 3]);
+  return xsimd::batch<float, A>::load_aligned(out);
+}
+
+template <class A>
+ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> fold_lanes(
+    const xsimd::batch<float, A>* quads, xsimd::kernel::requires_arch<xsimd::generic>) {
+  constexpr std::size_t width = xsimd::batch<float, A>::size;
+  alignas(64) float in[width];
+  alignas(64) float out[width];
+  for (std::size_t i = 0; i < width / 4; ++i) {
+    quads[i].store_aligned(in);
+    for (std::size_t k = 0; k < 4; ++k) {
+      float sum = 0.0f;
+      for (std::size_t lane = 0; lane < width; lane += 4) sum += in[lane + k];
+      out[4 * i + k] = sum;
+    }
+  }
+  return xsimd::batch<float, A>::load_aligned(out);
 }
 
 #if defined(__AVX512F__)
-// Four folding levels: unpack pairs within 128-bit lanes, shuffle quads within lanes, then fold
-// 128-bit lanes across registers twice; lane 4L + k of the result sums rows[4L + k].
+// Unpack pairs within 128-bit lanes, then shuffle quads within lanes.
 template <class A>
-ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> reduce_rows(
-    const xsimd::batch<float, A>* rows, xsimd::kernel::requires_arch<xsimd::avx512f>) {
-  __m512 pairs[8];
-  for (int i = 0; i < 8; ++i) {
-    const __m512 a = rows[2 * i], b = rows[2 * i + 1];
-    pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
-  }
-  __m512 quads[4];
-  for (int i = 0; i < 4; ++i) {
-    const __m512 a = pairs[2 * i], b = pairs[2 * i + 1];
-    quads[i] = _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
-                             _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
-  }
+ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> fold_quads(
+    xsimd::batch<float, A> a, xsimd::batch<float, A> b, xsimd::batch<float, A> c,
+    xsimd::batch<float, A> d, xsimd::kernel::requires_arch<xsimd::avx512f>) {
+  const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+  return _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                       _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+
+// Fold 128-bit lanes across the four quads twice.
+template <class A>
+ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> fold_lanes(
+    const xsimd::batch<float, A>* quads, xsimd::kernel::requires_arch<xsimd::avx512f>) {
   __m512 halves[2];
   for (int i = 0; i < 2; ++i) {
     const __m512 a = quads[2 * i], b = quads[2 * i + 1];
@@ -93,8 +123,16 @@ ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> reduce_rows(
 #endif
 
 template <class A>
-ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> reduce_rows(const xsimd::batch<float, A>* rows) {
-  return reduce_rows<A>(rows, A{});
+ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> fold_quads(xsimd::batch<float, A> a,
+                                                        xsimd::batch<float, A> b,
+                                                        xsimd::batch<float, A> c,
+                                                        xsimd::batch<float, A> d) {
+  return fold_quads<A>(a, b, c, d, A{});
+}
+
+template <class A>
+ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> fold_lanes(const xsimd::batch<float, A>* quads) {
+  return fold_lanes<A>(quads, A{});
 }
 
 template <class A>
