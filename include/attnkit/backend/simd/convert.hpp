@@ -125,15 +125,20 @@ class prefetch_stream {
     return (rows_ - row_) * ((row_bytes_ + 63) / 64) - offset_ / 64;
   }
 
+  // The cursor is copied into locals for the loop, as prefetch_rows::issue does (kept in the
+  // object, it would be stored and reloaded for every line).
   ATTNKIT_ALWAYS_INLINE void issue(index_t lines) noexcept {
-    for (; lines > 0 && row_ < rows_; --lines) {
-      prefetch_line(base_ + row_ * row_stride_bytes_ + offset_);
-      offset_ += 64;
-      if (offset_ >= row_bytes_) {
-        offset_ = 0;
-        ++row_;
+    index_t row = row_, offset = offset_;
+    for (; lines > 0 && row < rows_; --lines) {
+      prefetch_line(base_ + row * row_stride_bytes_ + offset);
+      offset += 64;
+      if (offset >= row_bytes_) {
+        offset = 0;
+        ++row;
       }
     }
+    row_ = row;
+    offset_ = offset;
   }
 
  private:

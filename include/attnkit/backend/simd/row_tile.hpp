@@ -9,10 +9,15 @@
 // time, so the block's tokens — whose heads are contiguous in NHD memory — are read as one region.
 //
 //   logits:  for four keys at a time, dot products of every row with each key, accumulated in
-//            registers over the head dimension; `width` keys' accumulators are then folded into
-//            one vector of logits per row by a transposing reduction.
+//            registers over the head dimension; each four keys' accumulators are folded into
+//            one vector at once, and a vector of `width` keys' folds into one vector of logits
+//            per row (the transposing reduction of vector_math.hpp, in two halves).
 //   output:  token-major as well: per 4 tokens and head, the value vectors are loaded once and
 //            added into that head's output rows (kept in L1) for every row.
+//
+// The two are software-pipelined over key blocks: a block's logits are computed 4 keys at a time
+// interleaved with the previous block's output, so K and V stream from memory together. In a
+// contiguous view every line is prefetched about 2 KiB before it is read.
 //
 // K and V come from a row_source (key_source.hpp): a contiguous view is one run of rows per
 // span; a paged cache gives one run per page the span touches, each read in place the same way
@@ -277,14 +282,15 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
   // hardware prefetchers run ahead on two streams instead of one (see bench/RESULTS.md for what
   // this and the near prefetch gained). The staged slow path keeps one block at a time: its
   // staging buffers hold one block.
-  index_t pending = -1, pending_done = 0;
-  const float* pending_probabilities = nullptr;
+  index_t pending = -1, pending_done = 0;  // span whose values are due, keys of it added
   auto advance_pending = [&](index_t keys) {
     if (pending < 0) return;
     const index_t to = std::min(pending_done + keys, job.spans[pending].size());
-    if (to > pending_done) add_values(pending, pending_probabilities, pending_done, to);
+    if (to > pending_done) add_values(pending, s_rows[pending % 2], pending_done, to);
     pending_done = to;
   };
+  // No span is longer than a block.
+  auto finish_pending = [&] { advance_pending(block); };
 
   for (index_t span = 0; span < job.span_count; ++span) {
     const index_t j0 = job.spans[span].begin;
@@ -383,7 +389,7 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
     else
       logits(staged_runs(ks, j0), block * dp);
     // The previous block's values must all be in before the softmax below rescales the output.
-    advance_pending(block);
+    finish_pending();
 
     for (index_t r = 0; r < rows; ++r) {
       float* row = s_block + r * block;
@@ -431,13 +437,13 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
     if (direct) {
       pending = span;
       pending_done = 0;
-      pending_probabilities = s_block;
     } else {
       add_values(span, s_block, 0, keys);
     }
   }
+  // The last span's trickle targets the values read now: nothing left to prefetch.
   lines_per_step = 0;
-  advance_pending(block);
+  finish_pending();
 }
 
 }  // namespace simd
