@@ -125,7 +125,10 @@ struct mass_expectation {
     return static_cast<std::size_t>(kv_head * capacity + key);
   }
 
-  void add(const attention_case& c, const reference_rows& ref, const any_mask& mask) {
+  // roundings: how many times the kernel may round a kept value to fp16 before adding it (0:
+  // fp32 kept values), each off by at most 2^-11 of itself plus 2^-25 (core/observer.hpp).
+  void add(const attention_case& c, const reference_rows& ref, const any_mask& mask,
+           int roundings = 0) {
     for (const auto& r : ref.rows) {
       const position p = c.kv_tokens - c.q_tokens + r.token;
       bool sees = false;
@@ -133,7 +136,7 @@ struct mass_expectation {
         const double p_ref = r.probabilities[static_cast<std::size_t>(j)];
         const std::size_t i = at(r.kv_head, j);
         mass[i] += p_ref;
-        allowed[i] += ref.allowed(r, p_ref);
+        allowed[i] += ref.allowed(r, p_ref) + roundings * (0x1p-11 * p_ref + 0x1p-25);
         ++adds[i];
         if (mask.allows(p, j, r.head)) {
           visible[i] = true;
@@ -204,17 +207,22 @@ std::string describe(const attention_case& c, const any_mask& mask, index_t last
 
 // Runs attnkit::cpu with accumulate_key_mass (mass starting at 0) and checks the mass against the
 // reference's probabilities; also that observing changes neither output nor log-sum-exp by a bit.
+// With observed_precision::half, each kept value may be rounded `roundings` times.
 template <class TO, class TQ, class TKV>
 void check_key_mass(const attention_case& c, const attention_inputs<TQ, TKV>& in,
                     const any_mask& mask, index_t last_queries,
-                    const any_executor* executor = nullptr) {
-  const std::string label = describe(c, mask, last_queries, executor);
+                    const any_executor* executor = nullptr,
+                    attnkit::observed_precision precision = attnkit::observed_precision::single,
+                    int roundings = 1) {
+  const bool half = precision == attnkit::observed_precision::half;
+  const std::string label =
+      describe(c, mask, last_queries, executor) + (half ? ", kept in fp16" : "");
   mass_expectation expected(c.kv_heads, c.kv_tokens);
-  expected.add(c, observe_reference(c, in, mask, last_queries), mask);
+  expected.add(c, observe_reference(c, in, mask, last_queries), mask, half ? roundings : 0);
 
   std::vector<float> mass(static_cast<std::size_t>(c.kv_heads * c.kv_tokens), 0.0f);
   const tensor_view<float, 2> mass_view(mass.data(), {c.kv_heads, c.kv_tokens});
-  accumulate_key_mass key_mass(mass_view, last_queries);
+  accumulate_key_mass key_mass(mass_view, last_queries, precision);
   kernel_result<TO> observed{make_tensor3<TO>(c.q_tokens, c.q_heads, c.head_dim),
                              make_lse(c.q_heads, c.q_tokens)};
   std::vector<float> slopes;
@@ -292,6 +300,52 @@ TEST_CASE("observers: steep logit ramps (ALiBi, large logits) keep exact probabi
   c.alibi = {0.03f, 0.25f, 1.0f, 4.0f, 0.5f, 2.0f, 8.0f, 0.1f};
   c.seed = ++seed;
   check_key_mass<float>(c, make_inputs<float, float>(c), causal_mask, 24);
+}
+
+TEST_CASE("observers: key mass kept in fp16 (observed_precision::half) within its rounding",
+          "[observers][decode][prefill]") {
+  // The kernel keeps the rows in fp16 and adds them to the table directly: each probability
+  // within the fp32 model's tolerance plus 2^-11 of itself and 2^-25 per rounding — once, where
+  // no row rebases; under steep ramps a value is rounded again at each rebase, but a rebase
+  // shrinks it below 2^-15 of the new maximum, so after four roundings it is 0 (rounded at most
+  // 4 times with an error). Decode on one split and split across threads, 16-bit caches, ALiBi
+  // ramps, large logits, a prefill window (the column kernel's strided keep). The fp16 table
+  // must also differ from the fp32 one: otherwise nothing was rounded and this tests nothing.
+  constexpr auto half = attnkit::observed_precision::half;
+  std::uint64_t seed = 30600;
+  for (const any_executor* executor :
+       {static_cast<const any_executor*>(nullptr), wide_executor()}) {
+    attention_case c = shape(1, 5000, 8, 2, 128);
+    c.seed = ++seed;
+    check_key_mass<float>(c, make_inputs<float, attnkit::half>(c), causal_mask, 1, executor, half);
+    c = shape(1, 3001, 8, 2, 64);
+    c.alibi = {0.03f, 0.25f, 1.0f, 4.0f, 0.5f, 2.0f, 8.0f, 0.1f};
+    c.seed = ++seed;
+    check_key_mass<float>(c, make_inputs<float, float>(c), causal_mask, 1, executor, half, 4);
+    c = shape(1, 4099, 8, 2, 128);
+    c.q_sd = 30.0;
+    c.seed = ++seed;
+    check_key_mass<float>(c, make_inputs<float, attnkit::half>(c), full_mask, 1, executor, half, 4);
+  }
+  attention_case c = shape(40, 700, 8, 2, 64);
+  c.seed = ++seed;
+  check_key_mass<float>(c, make_inputs<float, float>(c), causal_mask, 24, nullptr, half);
+
+  c = shape(1, 3001, 16, 4, 128);
+  c.seed = ++seed;
+  const auto in = make_inputs<float, attnkit::half>(c);
+  std::vector<std::vector<float>> tables;
+  for (auto precision : {attnkit::observed_precision::single, half}) {
+    std::vector<float> mass(static_cast<std::size_t>(c.kv_heads * c.kv_tokens), 0.0f);
+    accumulate_key_mass key_mass({mass.data(), {c.kv_heads, c.kv_tokens}}, 1, precision);
+    auto out = make_tensor3<float>(c.q_tokens, c.q_heads, c.head_dim);
+    attnkit::attention_options options;
+    options.observer = key_mass;
+    cpu_masked{wide_executor()}(in.q.cview(), in.k.cview(), in.v.cview(), out.view(), causal_mask,
+                                options);
+    tables.push_back(std::move(mass));
+  }
+  CHECK(!identical_bits(tables[0], tables[1]));
 }
 
 TEST_CASE("observers: the kernel's direct key-mass sum equals adding the delivered rows",

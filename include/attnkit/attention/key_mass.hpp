@@ -27,14 +27,18 @@ namespace attnkit {
 
 class accumulate_key_mass {
  public:
-  // mass: [kv_heads, at least kv_tokens]; last_queries: how many of the last query tokens count.
-  explicit accumulate_key_mass(tensor_view<float, 2> mass, index_t last_queries = 1)
-      : mass_(mass), last_queries_(last_queries) {
+  // mass: [kv_heads, at least kv_tokens]; last_queries: how many of the last query tokens count;
+  // precision: whether the kernel may round the probabilities to fp16 before adding them
+  // (core/observer.hpp, observed_precision).
+  explicit accumulate_key_mass(tensor_view<float, 2> mass, index_t last_queries = 1,
+                               observed_precision precision = observed_precision::single)
+      : mass_(mass), last_queries_(last_queries), precision_(precision) {
     detail::require(last_queries >= 1, "attnkit::accumulate_key_mass: last_queries is ",
                     last_queries, ", it must be at least 1");
   }
 
   index_t observed_queries() const noexcept { return last_queries_; }
+  observed_precision key_mass_precision() const noexcept { return precision_; }
   tensor_view<float, 2> mass() const noexcept { return mass_; }
 
   void check(const attention_shape& shape) const {
@@ -62,6 +66,7 @@ class accumulate_key_mass {
  private:
   tensor_view<float, 2> mass_;
   index_t last_queries_;
+  observed_precision precision_;
 };
 
 }  // namespace attnkit

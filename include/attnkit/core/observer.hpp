@@ -36,6 +36,17 @@ struct key_mass_target {
   index_t keys = 0;
 };
 
+// How a kernel may hold a key-mass observer's rows until their log-sum-exp is final (the
+// observer's key_mass_precision(), below):
+// * single: fp32, so the table gets the same bits as adding the delivered rows;
+// * half: fp16, half the extra memory traffic of observing (a 32K decode step writes and reads
+//   back q_heads · kv_tokens kept values). Each probability is rounded to 11 significant bits
+//   before it is added: off by at most 2^-11 of itself plus 2^-25 (a key whose probability falls
+//   below about 2^-25 may add 0) — the precision an fp16 model's attention weights have, ample
+//   for ranking keys. A value is rounded again when its row rebases (its maximum climbing more
+//   than 15 binary orders of magnitude), which also shrinks it below 2^-15 of the new maximum.
+enum class observed_precision { single, half };
+
 // target.mass[j · stride] += probabilities[j] for the keys the target holds (none for a null
 // target): how a key-mass observer takes a delivered row, and how a kernel adds a key range.
 inline void add_key_mass(const key_mass_target& target, std::span<const float> probabilities) {
@@ -70,6 +81,10 @@ template <class F>
 concept has_key_mass_row = requires(const F& f, index_t kv_head) {
   { f.key_mass_row(kv_head) } -> std::same_as<key_mass_target>;
 };
+template <class F>
+concept has_key_mass_precision = requires(const F& f) {
+  { f.key_mass_precision() } -> std::same_as<observed_precision>;
+};
 }  // namespace detail
 
 // A non-owning, type-erased reference to anything callable as f(const observed_row&). Put one in
@@ -82,7 +97,10 @@ concept has_key_mass_row = requires(const F& f, index_t kv_head) {
 //     but add its probabilities into that head's table (accumulate_key_mass, attention_scores).
 //     A kernel may then add the rows itself, key range by key range while they are in cache,
 //     instead of materialising and handing over each row: the same additions in the same order
-//     for every key (rows in delivery order), so the table gets the same bits.
+//     for every key (rows in delivery order), so the table gets the same bits;
+//   - f.key_mass_precision() -> observed_precision, if present with key_mass_row: whether the
+//     kernel may keep those rows in fp16 until they are added (see observed_precision; default
+//     single).
 class attention_observer {
  public:
   attention_observer() = default;
@@ -96,6 +114,8 @@ class attention_observer {
         check_(&check_shape<F>) {
     if constexpr (detail::has_observed_queries<F>) last_queries_ = f.observed_queries();
     if constexpr (detail::has_key_mass_row<F>) mass_row_ = &mass_row<F>;
+    if constexpr (detail::has_key_mass_row<F> && detail::has_key_mass_precision<F>)
+      key_mass_precision_ = f.key_mass_precision();
   }
 
   template <class F>
@@ -113,6 +133,7 @@ class attention_observer {
   // Whether the observer only adds rows into a key-mass table, and that table's row for a head.
   constexpr bool sums_key_mass() const noexcept { return mass_row_ != nullptr; }
   key_mass_target mass_row(index_t kv_head) const { return mass_row_(target_, kv_head); }
+  constexpr observed_precision key_mass_precision() const noexcept { return key_mass_precision_; }
 
   // Throws attnkit::error if the observer cannot serve a call of this shape.
   void check(const char* function, const attention_shape& shape) const {
@@ -141,6 +162,7 @@ class attention_observer {
   void (*check_)(void*, const attention_shape&) = nullptr;
   key_mass_target (*mass_row_)(void*, index_t) = nullptr;
   index_t last_queries_ = 1;
+  observed_precision key_mass_precision_ = observed_precision::single;
 };
 
 }  // namespace attnkit

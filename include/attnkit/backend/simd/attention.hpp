@@ -168,9 +168,9 @@ struct observed_segment {
 // One observed row's probabilities over keys [keys.begin, keys.end), into
 // probabilities[j - keys.begin]: 2^(s - lse2) = kept · 2^(reference - lse2) on the row's
 // visible runs, segment by segment, and 0 everywhere else. kept is indexed by key.
-template <class A, class Mask>
+template <class A, class Mask, class Kept>
 void observed_probabilities(const Mask& mask, position query, head_index head, position_range keys,
-                            const float* kept, const observed_segment* segments, index_t splits,
+                            const Kept* kept, const observed_segment* segments, index_t splits,
                             float lse2, float* probabilities) {
   const index_t first = keys.begin;
   index_t next = first;  // keys before `next` are written
@@ -199,13 +199,13 @@ void observed_probabilities(const Mask& mask, position query, head_index head, p
 // The observer pass: turns each observed row's kept exponentials into probabilities in a
 // per-thread row, handed to the observer while it is in cache (the kept buffer is only read).
 // One KV head per work item, so the rows of one KV head arrive in order on one thread, as
-// core/observer.hpp promises. Rows are `row_stride` floats apart; a KV head's rows hold its own
+// core/observer.hpp promises. Rows are `row_stride` elements apart; a KV head's rows hold its own
 // length's keys (kv.length). An observer that only sums rows into a key-mass table gets them
 // added directly, a range of keys at a time for all the head's rows (the range's probabilities
 // and table entries stay in L1; rows added in delivery order, so the same bits).
-template <class A, class TKV, class Mask, class Executor>
+template <class A, class TKV, class Mask, class Kept, class Executor>
 void deliver_observed_rows(const attention_params& p, const kv_source<TKV>& kv, const Mask& mask,
-                           const float* observed_values, const float* observed_lse2,
+                           const Kept* observed_values, const float* observed_lse2,
                            const observed_segment* segments, index_t splits, index_t row_stride,
                            Executor& executor) {
   const index_t first = p.observed_first_token();
@@ -305,18 +305,23 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
   plan.splits = choose_splits(plan, base_items, max_visited, threads);
 
   // Call-lifetime buffers: split partial results, one slot per (tile, split) holding normalised
-  // rows and base-2 lse; and the observed rows' kept exponentials, lse and segments.
+  // rows and base-2 lse; and the observed rows' kept exponentials (float, or half where the
+  // observer allows: observed_precision), lse and segments.
   const index_t slot_floats = rp * dp + rp;
   const index_t partial_floats = plan.splits > 1
                                      ? round_up(base_items * plan.splits * slot_floats, 16)
                                      : 0;  // 64-byte multiple
   const index_t observed_first = p.observed_first_token();
   const index_t observed_rows = (p.q_tokens - observed_first) * p.q_heads;
+  const bool kept_in_half =
+      p.observer.sums_key_mass() && p.observer.key_mass_precision() == observed_precision::half;
+  const index_t kept_bytes = kept_in_half ? 2 : 4;
   constexpr index_t segment_floats = sizeof(observed_segment) / sizeof(float);
-  const index_t observed_stride = round_up(p.kv_tokens, 16);  // rows on cache lines
-  const index_t kept_floats = round_up(observed_rows * observed_stride + observed_rows, 16);
+  const index_t observed_stride = round_up(p.kv_tokens, 64 / kept_bytes);  // rows on cache lines
+  const index_t kept_floats = round_up(observed_rows * observed_stride * kept_bytes / 4, 16);
   const index_t observed_floats =
-      observed_rows > 0 ? kept_floats + round_up(observed_rows * plan.splits * segment_floats, 16)
+      observed_rows > 0 ? kept_floats + round_up(observed_rows, 16) +
+                              round_up(observed_rows * plan.splits * segment_floats, 16)
                         : 0;
   float* call_buffer =
       partial_floats + observed_floats > 0
@@ -324,11 +329,11 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
           : nullptr;
   float* partials = call_buffer;
   float* observed_values = observed_rows > 0 ? call_buffer + partial_floats : nullptr;
-  float* observed_lse2 =
-      observed_rows > 0 ? observed_values + observed_rows * observed_stride : nullptr;
-  auto* observed_segments = observed_rows > 0
-                                ? reinterpret_cast<observed_segment*>(observed_values + kept_floats)
-                                : nullptr;
+  float* observed_lse2 = observed_rows > 0 ? observed_values + kept_floats : nullptr;
+  auto* observed_segments =
+      observed_rows > 0
+          ? reinterpret_cast<observed_segment*>(observed_lse2 + round_up(observed_rows, 16))
+          : nullptr;
 
   tile_context<TKV> context{kv.k, kv.v, &p, dp, rp};
   context.mask = &mask;
@@ -336,6 +341,7 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
   context.observed_values = observed_values;
   context.observed_first_token = observed_first;
   context.observed_stride = observed_stride;
+  context.observed_in_half = kept_in_half;
   const float q_multiplier = query_multiplier(p);
 
   const index_t kernel_scratch = plan.row_kernel
@@ -452,9 +458,16 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
     });
   }
 
-  if (observed_values != nullptr)
-    deliver_observed_rows<A>(p, kv, mask, observed_values, observed_lse2, observed_segments,
-                             plan.splits, observed_stride, executor);
+  if (observed_values != nullptr) {
+    if (kept_in_half)
+      deliver_observed_rows<A>(p, kv, mask, reinterpret_cast<const half*>(observed_values),
+                               observed_lse2, observed_segments, plan.splits, observed_stride,
+                               executor);
+    else
+      deliver_observed_rows<A>(p, kv, mask, static_cast<const float*>(observed_values),
+                               observed_lse2, observed_segments, plan.splits, observed_stride,
+                               executor);
+  }
 }
 
 }  // namespace simd

@@ -148,12 +148,10 @@ void column_tile(const tile_context<TKV>& ctx, const tile_job& job, const float*
           (batch::load_aligned(ot + c * rp + r) * alpha).store_aligned(ot + c * rp + r);
     }
     if (ctx.observed_values != nullptr) {
-      for (index_t r = 0; r < rows; ++r) {
-        float* observed = ctx.observed_row(job.token_begin + r / group, first_head + r % group);
-        if (observed != nullptr)
-          keep_observed<A>(observed, job.spans[0].begin, j0, keys, st + r, rp, running_max[r],
-                           job.observed_reference[r]);
-      }
+      for (index_t r = 0; r < rows; ++r)
+        keep_observed_row<A>(ctx, job.token_begin + r / group, first_head + r % group,
+                             job.spans[0].begin, j0, keys, st + r, rp, running_max[r],
+                             job.observed_reference[r]);
     }
     // Oᵀ[c][row] += Σ_key V[key][c] · Pᵀ[key][row]
     gemm<A>(d, rp, keys, vs, 1, dp, st, rp, ot, rp, true);

@@ -75,6 +75,65 @@ ATTNKIT_ALWAYS_INLINE float_batch<A> load_float(const T* source) {
   return load_as_float<A, T>(source, A{});
 }
 
+// Stores one batch of fp32 values as T (float, or half rounded to nearest even, as
+// attnkit::half(float) rounds). streaming: a store that bypasses the caches (x86 non-temporal:
+// no read-for-ownership of the line, no eviction of data the caller still needs), for buffers
+// written once now and read back only after much other traffic; `to` must then be aligned to the
+// bytes stored, and stream_fence() must run before another thread reads them (non-temporal
+// stores are weakly ordered). Without it, or where the architecture has none, a plain store.
+template <class A, class T>
+ATTNKIT_ALWAYS_INLINE void store_from_float(T* to, float_batch<A> x, bool streaming) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, half>);
+#if defined(__AVX512F__)
+  if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (streaming)
+        _mm512_stream_ps(to, x);
+      else
+        _mm512_storeu_ps(to, x);
+    } else {
+      const __m256i h = _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      if (streaming)
+        _mm256_stream_si256(reinterpret_cast<__m256i*>(to), h);
+      else
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(to), h);
+    }
+    return;
+  }
+#endif
+#if defined(__AVX2__) && defined(__F16C__)
+  if constexpr (std::is_base_of_v<xsimd::avx2, A> && !std::is_base_of_v<xsimd::avx512f, A>) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (streaming)
+        _mm256_stream_ps(to, x);
+      else
+        _mm256_storeu_ps(to, x);
+    } else {
+      const __m128i h = _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      if (streaming)
+        _mm_stream_si128(reinterpret_cast<__m128i*>(to), h);
+      else
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(to), h);
+    }
+    return;
+  }
+#endif
+  (void)streaming;
+  if constexpr (std::is_same_v<T, float>) {
+    x.store_unaligned(to);
+  } else {
+    alignas(64) float lanes[float_batch<A>::size];
+    x.store_aligned(lanes);
+    for (std::size_t i = 0; i < float_batch<A>::size; ++i) to[i] = T(lanes[i]);
+  }
+}
+
+inline void stream_fence() {
+#if defined(__SSE__)
+  _mm_sfence();
+#endif
+}
+
 // Converts `rows` rows of `cols` elements (row r starts at source + r * row_stride, elements
 // col_stride apart) into fp32 rows of `padded_cols` floats at destination + r * destination_stride,
 // multiplied by `multiplier`, with columns [cols, padded_cols) zeroed so that padded lanes add

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "attnkit/backend/simd/convert.hpp"
 #include "attnkit/backend/simd/key_source.hpp"
@@ -85,26 +86,48 @@ struct tile_context {
   const void* mask = nullptr;
   void (*mask_row)(const void*, position, head_index, position_range, float*, index_t) = nullptr;
   // Observed rows (query tokens >= observed_first_token) keep their exponentials here (see
-  // keep_observed), row ((token - observed_first_token) · q_heads + head) · observed_stride (the
-  // call's longest KV head, rounded up to 16 floats so that rows start on a cache line); null
-  // without an observer.
-  float* observed_values = nullptr;
+  // keep_observed), row ((token - observed_first_token) · q_heads + head) · observed_stride
+  // elements (the call's longest KV head, rounded up so that rows start on a cache line); null
+  // without an observer. The elements are float, or half where the observer allows
+  // (observed_precision::half): then observed_in_half.
+  void* observed_values = nullptr;
   index_t observed_first_token = 0;
   index_t observed_stride = 0;
+  bool observed_in_half = false;
 
   // The index of an observed row (token >= observed_first_token) among the call's observed rows.
   index_t observed_slot(index_t token, head_index head) const noexcept {
     return (token - observed_first_token) * params->q_heads + head;
   }
-  float* observed_row(index_t token, head_index head) const noexcept {
+  template <class Kept>
+  Kept* observed_row(index_t token, head_index head) const noexcept {
     if (observed_values == nullptr || token < observed_first_token) return nullptr;
-    return observed_values + observed_slot(token, head) * observed_stride;
+    return static_cast<Kept*>(observed_values) + observed_slot(token, head) * observed_stride;
   }
 };
 
-// How far above an observed row's reference a kept exponential may go (2^64 stays well inside
-// fp32) before the row's kept values are rebased.
-inline constexpr float observed_headroom = 64.0f;
+// How far above an observed row's reference a kept exponential may go before the row's kept
+// values are rebased: 2^64 stays well inside fp32; 2^15 is the largest power of two that fp16
+// holds (its largest finite value is 65504).
+template <class Kept>
+inline constexpr float observed_headroom = std::is_same_v<Kept, half> ? 15.0f : 64.0f;
+
+// values[j] ·= 2^exponent for j in [0, count), exponent < 0: a row's earlier kept values moved
+// to a new reference (keep_observed).
+template <class A, class Kept>
+void rebase_kept(Kept* values, index_t count, float exponent) {
+  if constexpr (std::is_same_v<Kept, float>) {
+    scale_by_exp2<A>(values, values, count, exponent);
+  } else {
+    using batch = xsimd::batch<float, A>;
+    constexpr index_t width = batch::size;
+    const float factor = std::exp2(exponent);  // products below fp16's range round to 0 anyway
+    index_t j = 0;
+    for (; j + width <= count; j += width)
+      store_from_float<A>(values + j, load_float<A>(values + j) * batch(factor), false);
+    for (; j < count; ++j) values[j] = Kept(to_float(values[j]) * factor);
+  }
+}
 
 // Keeps one observed row's exponentials of a span for the observer pass, so that pass needs one
 // multiply per key instead of an exp2 over logits read back from memory.
@@ -115,10 +138,11 @@ inline constexpr float observed_headroom = 64.0f;
 // the factor 2^(reference - lse), once the row's log-sum-exp is final. The running maximum never
 // falls, so the first finite maximum serves as the reference until a later one exceeds it by
 // observed_headroom; then the item's earlier keys [first_key, j0) are rebased once — at most
-// (logit range / headroom) times per item, never for ordinary logit ranges.
+// (logit range / headroom) times per item, rarely for ordinary logit ranges. Kept: float, or
+// half (observed_precision::half: each value rounded once more per rebase).
 //   row: the row's buffer, indexed by key; e_j at e[(j - j0) · e_stride].
-template <class A>
-void keep_observed(float* row, index_t first_key, index_t j0, index_t keys, const float* e,
+template <class A, class Kept>
+void keep_observed(Kept* row, index_t first_key, index_t j0, index_t keys, const float* e,
                    index_t e_stride, float running_max, float& reference) {
   using batch = xsimd::batch<float, A>;
   constexpr index_t width = batch::size;
@@ -127,26 +151,40 @@ void keep_observed(float* row, index_t first_key, index_t j0, index_t keys, cons
   if (running_max != minus_infinity) {
     if (reference == minus_infinity) {
       reference = running_max;  // every earlier kept value of the item is 0
-    } else if (running_max - reference > observed_headroom) {
-      scale_by_exp2<A>(row + first_key, row + first_key, j0 - first_key, reference - running_max);
+    } else if (running_max - reference > observed_headroom<Kept>) {
+      rebase_kept<A>(row + first_key, j0 - first_key, reference - running_max);
       reference = running_max;
     } else if (running_max != reference) {
       scale = std::exp2(running_max - reference);
     }
   }
-  float* destination = row + j0;
+  Kept* destination = row + j0;
   index_t j = 0;
   // The kept values are read back only by the observer pass, after the rest of the K/V stream:
   // streaming stores skip reading each line for ownership and leave the caches to K and V (with
   // the pool's spinning workers, observer overhead of a 32K decode step 9.0-9.8 -> 4.1-5.6 %,
   // bench/RESULTS.md). run_attention fences before the pass.
   if (e_stride == 1) {
-    for (; j < keys && reinterpret_cast<std::uintptr_t>(destination + j) % sizeof(batch) != 0; ++j)
-      destination[j] = e[j] * scale;
+    constexpr std::uintptr_t alignment = width * sizeof(Kept);
+    for (; j < keys && reinterpret_cast<std::uintptr_t>(destination + j) % alignment != 0; ++j)
+      destination[j] = Kept(e[j] * scale);
     for (; j + width <= keys; j += width)
-      stream_store<A>(destination + j, batch::load_unaligned(e + j) * batch(scale));
+      store_from_float<A>(destination + j, batch::load_unaligned(e + j) * batch(scale), true);
   }
-  for (; j < keys; ++j) destination[j] = e[j * e_stride] * scale;
+  for (; j < keys; ++j) destination[j] = Kept(e[j * e_stride] * scale);
+}
+
+// keep_observed for the row of (token, head), if it is observed, in the call's kept type.
+template <class A, class TKV>
+void keep_observed_row(const tile_context<TKV>& ctx, index_t token, head_index head,
+                       index_t first_key, index_t j0, index_t keys, const float* e,
+                       index_t e_stride, float running_max, float& reference) {
+  if (ctx.observed_in_half) {
+    if (half* row = ctx.template observed_row<half>(token, head))
+      keep_observed<A>(row, first_key, j0, keys, e, e_stride, running_max, reference);
+  } else if (float* row = ctx.template observed_row<float>(token, head)) {
+    keep_observed<A>(row, first_key, j0, keys, e, e_stride, running_max, reference);
+  }
 }
 
 inline position_range query_range(const attention_params& p, const tile_job& job) {

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "attnkit/backend/simd/convert.hpp"
 #include "attnkit/core/config.hpp"
 #include "attnkit/core/simd_include.hpp"
 
@@ -145,34 +146,6 @@ ATTNKIT_ALWAYS_INLINE float horizontal_max(xsimd::batch<float, A> x) {
   return result;
 }
 
-// A store that bypasses the caches (x86 non-temporal: no read-for-ownership of the line, no
-// eviction of data the caller still needs), for buffers written once now and read back only
-// after much other traffic. `to` must be aligned to the batch; elsewhere it is a plain store.
-// Non-temporal stores are weakly ordered: stream_fence() must run before another thread may read
-// what they wrote.
-template <class A>
-ATTNKIT_ALWAYS_INLINE void stream_store(float* to, xsimd::batch<float, A> x) {
-#if defined(__AVX512F__)
-  if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
-    _mm512_stream_ps(to, x);
-    return;
-  }
-#endif
-#if defined(__AVX__)
-  if constexpr (std::is_base_of_v<xsimd::avx, A> && !std::is_base_of_v<xsimd::avx512f, A>) {
-    _mm256_stream_ps(to, x);
-    return;
-  }
-#endif
-  x.store_aligned(to);
-}
-
-inline void stream_fence() {
-#if defined(__SSE__)
-  _mm_sfence();
-#endif
-}
-
 // sum[j] += row[j] for j in [0, count).
 template <class A>
 void add_rows(const float* row, float* sum, index_t count) {
@@ -184,13 +157,14 @@ void add_rows(const float* row, float* sum, index_t count) {
   for (; j < count; ++j) sum[j] += row[j];
 }
 
-// out[j] = in[j] · 2^exponent for j in [0, count) (in == out allowed), for |in| below 2^64 and
+// out[j] = in[j] · 2^exponent for j in [0, count) (in: float or half; in == out allowed), for
+// |in| below 2^64 and
 // any exponent <= 64 down to -inf. Results below the smallest normal float become exactly 0, as
 // exp2 above gives them, and no multiply sees or makes a subnormal (slow on x86 without
 // flush-to-zero): an exponent under -126, whose power is itself subnormal, is applied as two
 // normal factors, and inputs too small to give a normal result are zeroed before multiplying.
-template <class A>
-void scale_by_exp2(const float* in, float* out, index_t count, float exponent) {
+template <class A, class T = float>
+void scale_by_exp2(const T* in, float* out, index_t count, float exponent) {
   using batch = xsimd::batch<float, A>;
   constexpr index_t width = batch::size;
   constexpr float input_bound = 64.0f;         // log2 of the largest |in|
@@ -206,12 +180,13 @@ void scale_by_exp2(const float* in, float* out, index_t count, float exponent) {
   const float cutoff = std::exp2(-125.0f - exponent);
   index_t j = 0;
   for (; j + width <= count; j += width) {
-    const batch x = batch::load_unaligned(in + j);
+    const batch x = load_float<A>(in + j);
     const batch kept = xsimd::select(xsimd::abs(x) < batch(cutoff), batch(0.0f), x);
     (kept * batch(first) * batch(second)).store_unaligned(out + j);
   }
   for (; j < count; ++j) {
-    const float kept = std::fabs(in[j]) < cutoff ? 0.0f : in[j];
+    const float x = to_float(in[j]);
+    const float kept = std::fabs(x) < cutoff ? 0.0f : x;
     out[j] = kept * first * second;
   }
 }
