@@ -424,8 +424,9 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
       const float alpha = std::exp2(m[r] - shift);
       l[r] = l[r] * alpha + xsimd::hadd(sum);
       m[r] = new_max;
-      keep_observed_row<A>(ctx, job.row_token(r, group), head, job.spans[0].begin, j0, keys, row, 1,
-                           new_max, job.observed_reference[r]);
+      if (ctx.observed_values != nullptr)  // observed_reference is null without an observer
+        keep_observed_row<A>(ctx, job.row_token(r, group), head, job.spans[0].begin, j0, keys, row,
+                             1, new_max, job.observed_reference[r]);
       if (alpha != 1.0f) {
         float* out = o_rows + r * dp;
         for (index_t c = 0; c < dp; c += width)
