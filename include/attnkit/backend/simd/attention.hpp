@@ -459,14 +459,14 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
   }
 
   if (observed_values != nullptr) {
+    auto deliver = [&](const auto* kept) {
+      deliver_observed_rows<A>(p, kv, mask, kept, observed_lse2, observed_segments, plan.splits,
+                               observed_stride, executor);
+    };
     if (kept_in_half)
-      deliver_observed_rows<A>(p, kv, mask, reinterpret_cast<const half*>(observed_values),
-                               observed_lse2, observed_segments, plan.splits, observed_stride,
-                               executor);
+      deliver(reinterpret_cast<const half*>(observed_values));
     else
-      deliver_observed_rows<A>(p, kv, mask, static_cast<const float*>(observed_values),
-                               observed_lse2, observed_segments, plan.splits, observed_stride,
-                               executor);
+      deliver(observed_values);
   }
 }
 

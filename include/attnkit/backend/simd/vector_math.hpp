@@ -158,11 +158,11 @@ void add_rows(const float* row, float* sum, index_t count) {
 }
 
 // out[j] = in[j] · 2^exponent for j in [0, count) (in: float or half; in == out allowed), for
-// |in| below 2^64 and
-// any exponent <= 64 down to -inf. Results below the smallest normal float become exactly 0, as
-// exp2 above gives them, and no multiply sees or makes a subnormal (slow on x86 without
-// flush-to-zero): an exponent under -126, whose power is itself subnormal, is applied as two
-// normal factors, and inputs too small to give a normal result are zeroed before multiplying.
+// |in| below 2^64 and any exponent <= 64 down to -inf. Results below the smallest normal float
+// become exactly 0, as exp2 above gives them, and no multiply sees or makes a subnormal (slow on
+// x86 without flush-to-zero): an exponent under -126, whose power is itself subnormal, is applied
+// as two normal factors, and inputs too small to give a normal result are zeroed before
+// multiplying.
 template <class A, class T = float>
 void scale_by_exp2(const T* in, float* out, index_t count, float exponent) {
   using batch = xsimd::batch<float, A>;
