@@ -122,11 +122,13 @@ ATTNKIT_ALWAYS_INLINE void accumulate_values_row(const float* p, index_t p_strid
   }
 }
 
-// Runs f(std::integral_constant<int, KP>{}, j) over [begin, end) in steps of 4 keys, then 1.
+inline constexpr int key_step = 4;  // keys whose K (or V) rows one step of the kernel reads at once
+
+// Runs f(std::integral_constant<int, KP>{}, j) over [begin, end) in steps of key_step keys, then 1.
 template <class F>
 ATTNKIT_ALWAYS_INLINE void for_key_steps(index_t begin, index_t end, F&& f) {
   index_t j = begin;
-  for (; j + 4 <= end; j += 4) f(std::integral_constant<int, 4>{}, j);
+  for (; j + key_step <= end; j += key_step) f(std::integral_constant<int, key_step>{}, j);
   for (; j < end; ++j) f(std::integral_constant<int, 1>{}, j);
 }
 
@@ -227,15 +229,19 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
   };
 
   // Two kinds of software prefetch keep memory requests in flight while the core computes:
-  //  - near: in a contiguous view, every K and V line is prefetched `lead` tokens (about 2 KiB
-  //    of rows) before it is read, spread evenly through the arithmetic (one prefetch per line
-  //    the kernel consumes; burst-issuing the same lines stalls the loads behind them);
+  //  - near: in a contiguous view, every K and V line is prefetched `lead` tokens before it is
+  //    read, spread evenly through the arithmetic (one prefetch per line the kernel consumes;
+  //    burst-issuing the same lines stalls the loads behind them). The kernel reads a step of
+  //    key_step tokens at once, so the lead is that step plus about 2 KiB of rows. (A lead of 1
+  //    token made 3 of every 4 prefetches name rows the step was already loading. Cold probe, 8
+  //    fp16 heads: 1 token 22.1-22.4 GB/s, 5 tokens 23.6-24.0; 4 and 6 measured slower than 5
+  //    and 7, for no reason we found. bench/RESULTS.md);
   //  - next span: where the next keys are not the continuation of the current ones (a paged
   //    cache's pages, a sparse selection's jumps, the first block), that span's rows are
   //    trickled into L2 a few lines per (key, head) step.
   const bool near_prefetch = prefetch && !ctx.k.is_paged() && !ctx.v.is_paged();
   const index_t row_bytes = job.kv_heads * d * static_cast<index_t>(sizeof(TKV));
-  const index_t lead = std::max<index_t>(1, 2048 / row_bytes);
+  const index_t lead = key_step + std::max<index_t>(1, 2048 / row_bytes);
   const index_t k_ahead = near_prefetch ? lead * ctx.k.row_stride : 0;
   const index_t v_ahead = near_prefetch ? lead * ctx.v.row_stride : 0;
   const index_t near_end = job.span_count > 0 ? job.spans[job.span_count - 1].end - lead : 0;
