@@ -17,7 +17,7 @@
 //
 // The two are software-pipelined over key blocks: a block's logits are computed 4 keys at a time
 // interleaved with the previous block's output, so K and V stream from memory together. In a
-// contiguous view every line is prefetched about 2 KiB before it is read.
+// contiguous view every line is prefetched a step of 4 keys plus about 2 KiB before it is read.
 //
 // K and V come from a row_source (key_source.hpp): a contiguous view is one run of rows per
 // span; a paged cache gives one run per page the span touches, each read in place the same way
@@ -232,10 +232,10 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
   //  - near: in a contiguous view, every K and V line is prefetched `lead` tokens before it is
   //    read, spread evenly through the arithmetic (one prefetch per line the kernel consumes;
   //    burst-issuing the same lines stalls the loads behind them). The kernel reads a step of
-  //    key_step tokens at once, so the lead is that step plus about 2 KiB of rows. (A lead of 1
-  //    token made 3 of every 4 prefetches name rows the step was already loading. Cold probe, 8
+  //    key_step tokens at once, so the lead is that step plus about 2 KiB of rows: a lead of 1
+  //    token made 3 of every 4 prefetches name rows the step was already loading (cold probe, 8
   //    fp16 heads: 1 token 22.1-22.4 GB/s, 5 tokens 23.6-24.0; 4 and 6 measured slower than 5
-  //    and 7, for no reason we found. bench/RESULTS.md);
+  //    and 7, for no reason we found; bench/RESULTS.md);
   //  - next span: where the next keys are not the continuation of the current ones (a paged
   //    cache's pages, a sparse selection's jumps, the first block), that span's rows are
   //    trickled into L2 a few lines per (key, head) step.
