@@ -307,6 +307,8 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
     const index_t j0 = job.spans[span].begin;
     const index_t keys = job.spans[span].size();
     const index_t padded_keys = round_up(keys, width);
+    // The next span's keys follow this span's in memory (the near prefetch runs on into them).
+    const bool next_continues = span + 1 < job.span_count && job.spans[span + 1].begin == j0 + keys;
     float* s_block = s_rows[span % 2];
 
     if (!direct) {
@@ -327,8 +329,7 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
     // one run each in NHD memory (head stride = head_dim); a paged job covers one head: its
     // rows, page by page.
     if (prefetch) {
-      const bool k_jump = span + 1 < job.span_count &&
-                          (!near_prefetch || job.spans[span + 1].begin != job.spans[span].end);
+      const bool k_jump = span + 1 < job.span_count && (!near_prefetch || !next_continues);
       const bool v_jump =
           !near_prefetch || span == 0 || job.spans[span].begin != job.spans[span - 1].end;
       next_k = k_jump ? prefetch_rows<TKV>(ctx.k, job.kv_head, job.spans[span + 1].begin,
@@ -412,8 +413,7 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
         job.kv_heads * d == ctx.v.row_stride) {
       const index_t tokens = std::max<index_t>(1, 16384 / row_bytes);
       const index_t k_from = j0 + keys + lead, v_from = j0 + lead;
-      if (span + 1 < job.span_count && job.spans[span + 1].begin == j0 + keys &&
-          k_from + tokens <= job.spans[job.span_count - 1].end)
+      if (next_continues && k_from + tokens <= job.spans[job.span_count - 1].end)
         softmax_k = reinterpret_cast<const char*>(ctx.k.row(job.kv_head, k_from));
       if (v_from + tokens <= j0 + keys)
         softmax_v = reinterpret_cast<const char*>(ctx.v.row(job.kv_head, v_from));
