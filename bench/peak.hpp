@@ -102,8 +102,11 @@ double run_concurrently(std::size_t threads, Work&& work) {
 // ------------------------------------------------------------------------------------------------
 
 // Independent accumulator chains per thread. Two FMA ports × 4-cycle latency need >= 8 chains in
-// flight; 16 leaves headroom (and still fits the 32 AVX-512 registers with the two operands).
-inline constexpr std::size_t fma_chains = 16;
+// flight. The chains and the two operands must all stay in registers: 16 chains fit AVX-512's 32,
+// but with AVX2's 16 they spilled, and the chains then ran through memory at ~58 % of the FMA
+// rate (Zen 4 without AVX-512: 50 GFLOP/s per core against 86-88 with 8-14 chains), which made
+// every fraction of peak measured on such a machine too high. 12 leave room for the operands.
+inline constexpr std::size_t fma_chains = xsimd::batch<float>::size >= 16 ? 16 : 12;
 
 // Runs `iterations` rounds of fma_chains dependent-per-chain FMAs; returns a value depending on
 // all of them. acc = acc·a + b converges to b / (1 - a), so nothing overflows or goes denormal.

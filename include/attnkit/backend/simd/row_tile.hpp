@@ -8,17 +8,19 @@
 // of the group from registers, and the job covers every KV head of the call, a key block at a
 // time, so the block's tokens — whose heads are contiguous in NHD memory — are read as one region.
 //
-//   logits:  for four keys at a time, dot products of every row with each key, accumulated in
-//            registers over the head dimension; each four keys' accumulators are folded into
+//   logits:  for four keys at a time, dot products of a block of rows (row_shape) with each
+//            key, accumulated in registers over the head dimension; each four keys'
+//            accumulators are folded into
 //            one vector at once, and a vector of `width` keys' folds into one vector of logits
 //            per row (the transposing reduction of vector_math.hpp, in two halves).
-//   output:  token-major as well: per 4 tokens and head, the value vectors are loaded once and
-//            added into that head's output rows (kept in L1) for every row.
+//   output:  token-major as well: per 16 tokens (a value step) and head, a few vectors of a
+//            block of rows' output (row_shape) are held in registers while each token's value
+//            vectors are loaded once and added into them.
 //
-// The two are software-pipelined over key blocks: a block's logits are computed 4 keys at a time
-// interleaved with the previous block's output, so K and V stream from memory together. In a
-// contiguous view every line is prefetched a step of 4 keys plus about 2 KiB before it is read,
-// and the next ~16 KiB of each stream while a block's softmax runs.
+// The two are software-pipelined over key blocks: a block's logits are computed a vector of keys
+// at a time interleaved with the previous block's output, so K and V stream from memory together.
+// In a contiguous view every line is prefetched about 32 KiB of rows before it is read, and the
+// next ~16 KiB of each stream while a block's softmax runs.
 //
 // K and V come from a row_source (key_source.hpp): a contiguous view is one run of rows per
 // span; a paged cache gives one run per page the span touches, each read in place the same way
@@ -41,7 +43,33 @@ namespace attnkit {
 namespace detail {
 namespace simd {
 
-inline constexpr int row_block = 4;  // rows whose accumulators share the loaded K/V vectors
+inline constexpr int key_step = 4;  // keys whose K (or V) rows one step of the kernel reads at once
+inline constexpr int value_step = 16;  // tokens whose values one output step adds
+
+// Register blocking by vector width, as gemm_shape: a logits step holds key_rows x key_step
+// accumulators, key_step key vectors and a query vector; an output step value_rows x
+// value_vectors accumulators, value_vectors value vectors and a weight. 32 registers (AVX-512)
+// afford 4 rows and 4 vectors in both (21 registers). 16 (AVX2 and narrower) do not: 4 x 4
+// spilled, and 2 x 4 logits (13 registers) with 4 x 2 output (11) ran a warm decode 16 % faster
+// on a Zen 4 VM without AVX-512 (4 x 3 output, 16 registers, a further 1 %; bench/RESULTS.md).
+template <class A>
+struct row_shape {
+  static constexpr bool wide = xsimd::batch<float, A>::size >= 16;
+  static constexpr int key_rows = wide ? 4 : 2;
+  static constexpr int value_rows = 4;
+  static constexpr int value_vectors = wide ? 4 : 2;
+};
+
+// Calls f(std::integral_constant<int, N>{}, first) for blocks of [first, end): blocks of N, then
+// the rest as one smaller block (the register-blocked steps take their block sizes at compile
+// time).
+template <int N, class F>
+ATTNKIT_ALWAYS_INLINE void for_blocks(index_t first, index_t end, F&& f) {
+  index_t i = first;
+  for (; i + N <= end; i += N) f(std::integral_constant<int, N>{}, i);
+  if constexpr (N > 1)
+    if (i < end) for_blocks<N - 1>(i, end, f);
+}
 
 // Dot products of rows [0, RB) (queries at q, rows q_stride apart) with KP consecutive keys
 // (key, key + key_stride, ...; `vectors` vectors each), left in acc[r][i] as vectors whose lanes
@@ -62,38 +90,41 @@ ATTNKIT_ALWAYS_INLINE void dot_rows(const float* q, index_t q_stride, const T* k
       for (int i = 0; i < KP; ++i) prefetch_line(key + i * key_stride + c + ahead);
     for (int i = 0; i < KP; ++i) kv[i] = load_float<A>(key + i * key_stride + c);
     for (int r = 0; r < RB; ++r) {
-      const batch qv = batch::load_aligned(q + r * q_stride + c);
+      batch qv = batch::load_aligned(q + r * q_stride + c);
+      pin_to_register(qv);  // one load per query vector, not one per key (vector_math.hpp)
       for (int i = 0; i < KP; ++i) acc[r][i] = xsimd::fma(qv, kv[i], acc[r][i]);
     }
   }
 }
 
-// o[r][0, CV vectors) += Σ_i p[r][j + i] · value_i for rows [0, RB) and KP consecutive tokens:
-// the output rows of one head stay in L1 and are updated KP tokens at a time, so V can be
-// streamed token-major like K. A nonzero `ahead` prefetches the lines read `ahead` elements on.
-template <class A, int RB, int CV, int KP, class T>
-ATTNKIT_ALWAYS_INLINE void accumulate_values(const float* p, index_t p_stride, index_t j,
-                                             const T* value, index_t value_stride, float* o,
-                                             index_t o_stride, index_t ahead) {
+// o[r][0, CV vectors) += Σ_t p[r][j + t] · value_t for rows [0, RB) and T consecutive tokens:
+// the output rows of one head stay in L1, and these CV vectors of them in registers across the
+// T tokens (loaded and stored once per step), so V is streamed token-major like K, each value
+// vector loaded once for every row. A nonzero `ahead` prefetches the lines read `ahead` elements
+// on.
+template <class A, int RB, int CV, int T, class TV>
+ATTNKIT_ALWAYS_INLINE void accumulate_values_tokens(const float* p, index_t p_stride, index_t j,
+                                                    const TV* value, index_t value_stride, float* o,
+                                                    index_t o_stride, index_t ahead) {
   using batch = xsimd::batch<float, A>;
   constexpr index_t width = batch::size;
-  batch vv[KP][CV];
-  if (ahead != 0)
-    for (index_t b = 0; b < CV * width * static_cast<index_t>(sizeof(T)); b += 64)
-      for (int i = 0; i < KP; ++i)
-        prefetch_line(reinterpret_cast<const char*>(value + i * value_stride + ahead) + b);
-  for (int i = 0; i < KP; ++i)
-    for (int c = 0; c < CV; ++c) vv[i][c] = load_float<A>(value + i * value_stride + c * width);
-  for (int r = 0; r < RB; ++r) {
-    batch weight[KP];
-    for (int i = 0; i < KP; ++i) weight[i] = batch(p[r * p_stride + j + i]);
-    float* out = o + r * o_stride;
-    for (int c = 0; c < CV; ++c) {
-      batch acc = batch::load_aligned(out + c * width);
-      for (int i = 0; i < KP; ++i) acc = xsimd::fma(weight[i], vv[i][c], acc);
-      acc.store_aligned(out + c * width);
+  batch acc[RB][CV];
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < CV; ++c) acc[r][c] = batch::load_aligned(o + r * o_stride + c * width);
+  for (int t = 0; t < T; ++t) {
+    const TV* row = value + t * value_stride;
+    if (ahead != 0)
+      for (index_t b = 0; b < CV * width * static_cast<index_t>(sizeof(TV)); b += 64)
+        prefetch_line(reinterpret_cast<const char*>(row + ahead) + b);
+    batch vv[CV];
+    for (int c = 0; c < CV; ++c) vv[c] = load_float<A>(row + c * width);
+    for (int r = 0; r < RB; ++r) {
+      const batch weight(p[r * p_stride + j + t]);
+      for (int c = 0; c < CV; ++c) acc[r][c] = xsimd::fma(weight, vv[c], acc[r][c]);
     }
   }
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < CV; ++c) acc[r][c].store_aligned(o + r * o_stride + c * width);
 }
 
 template <class A, int RB, int KP, class T>
@@ -102,28 +133,11 @@ ATTNKIT_ALWAYS_INLINE void accumulate_values_row(const float* p, index_t p_strid
                                                  index_t vectors, float* o, index_t o_stride,
                                                  index_t ahead = 0) {
   constexpr index_t width = xsimd::batch<float, A>::size;
-  // Chunks of 4 vectors: KP·4 value vectors (16 at KP = 4) stay in registers.
-  constexpr int chunk = 4;
-  index_t c = 0;
-  for (; c + chunk <= vectors; c += chunk)
-    accumulate_values<A, RB, chunk, KP>(p, p_stride, j, value + c * width, value_stride,
-                                        o + c * width, o_stride, ahead);
-  switch (vectors - c) {
-    case 3:
-      return accumulate_values<A, RB, 3, KP>(p, p_stride, j, value + c * width, value_stride,
-                                             o + c * width, o_stride, ahead);
-    case 2:
-      return accumulate_values<A, RB, 2, KP>(p, p_stride, j, value + c * width, value_stride,
-                                             o + c * width, o_stride, ahead);
-    case 1:
-      return accumulate_values<A, RB, 1, KP>(p, p_stride, j, value + c * width, value_stride,
-                                             o + c * width, o_stride, ahead);
-    default:
-      return;
-  }
+  for_blocks<row_shape<A>::value_vectors>(0, vectors, [&](auto cv, index_t c) {
+    accumulate_values_tokens<A, RB, decltype(cv)::value, KP>(
+        p, p_stride, j, value + c * width, value_stride, o + c * width, o_stride, ahead);
+  });
 }
-
-inline constexpr int key_step = 4;  // keys whose K (or V) rows one step of the kernel reads at once
 
 // Runs f(std::integral_constant<int, KP>{}, j) over [begin, end) in steps of key_step keys, then 1.
 template <class F>
@@ -133,21 +147,13 @@ ATTNKIT_ALWAYS_INLINE void for_key_steps(index_t begin, index_t end, F&& f) {
   for (; j < end; ++j) f(std::integral_constant<int, 1>{}, j);
 }
 
-// Calls f(std::integral_constant<int, RB>{}, first_row) for row blocks of at most row_block rows.
+// The same in steps of value_step tokens first: the output step holds its accumulators in
+// registers across the step, so longer steps load and store them less often.
 template <class F>
-ATTNKIT_ALWAYS_INLINE void for_row_blocks(index_t rows, F&& f) {
-  index_t r = 0;
-  for (; r + row_block <= rows; r += row_block) f(std::integral_constant<int, row_block>{}, r);
-  switch (rows - r) {
-    case 3:
-      return f(std::integral_constant<int, 3>{}, r);
-    case 2:
-      return f(std::integral_constant<int, 2>{}, r);
-    case 1:
-      return f(std::integral_constant<int, 1>{}, r);
-    default:
-      return;
-  }
+ATTNKIT_ALWAYS_INLINE void for_value_steps(index_t begin, index_t end, F&& f) {
+  index_t j = begin;
+  for (; j + value_step <= end; j += value_step) f(std::integral_constant<int, value_step>{}, j);
+  for_key_steps(j, end, f);
 }
 
 // The keys one block holds: small enough that the block's K and V rows for every head stay in
@@ -233,10 +239,10 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
   //  - near: in a contiguous view, every K and V line is prefetched `lead` tokens before it is
   //    read, spread evenly through the arithmetic (one prefetch per line the kernel consumes;
   //    burst-issuing the same lines stalls the loads behind them). The kernel reads a step of
-  //    key_step tokens at once, so the lead is that step plus about 2 KiB of rows: a lead of 1
-  //    token made 3 of every 4 prefetches name rows the step was already loading (cold probe, 8
-  //    fp16 heads: 1 token 22.1-22.4 GB/s, 5 tokens 23.6-24.0; 4 and 6 measured slower than 5
-  //    and 7, for no reason we found; bench/RESULTS.md);
+  //    key_step tokens at once, so the lead is that step plus about 32 KiB of rows. The lead is
+  //    what the slowest-to-answer memory needs: on the VM where it was first tuned, leads of 2 KiB
+  //    and more measured alike; on a Zen 4 VM with more bandwidth, 2 KiB gave 0.75-0.8 of the
+  //    cold decode throughput of 24-64 KiB (which measured alike; bench/RESULTS.md);
   //  - next span: where the next keys are not the continuation of the current ones (a paged
   //    cache's pages, a sparse selection's jumps, the first block), that span's rows are
   //    trickled into L2 a few lines per (key, head) step;
@@ -246,7 +252,7 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
   //    1.2-2.7 % faster; bench/RESULTS.md).
   const bool near_prefetch = prefetch && !ctx.k.is_paged() && !ctx.v.is_paged();
   const index_t row_bytes = job.kv_heads * d * static_cast<index_t>(sizeof(TKV));
-  const index_t lead = key_step + std::max<index_t>(1, 2048 / row_bytes);
+  const index_t lead = key_step + std::max<index_t>(1, 32768 / row_bytes);
   const index_t k_ahead = near_prefetch ? lead * ctx.k.row_stride : 0;
   const index_t v_ahead = near_prefetch ? lead * ctx.v.row_stride : 0;
   const index_t near_end = job.span_count > 0 ? job.spans[job.span_count - 1].end - lead : 0;
@@ -259,12 +265,12 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
 
   // Output, token-major like the logits, so V is one sequential stream too: adds the values of
   // keys [from, to) of span s, weighted by their probabilities `probabilities` [rows][block],
-  // into the output rows (kept in L1), 4 tokens of a head at a time.
+  // into the output rows (kept in L1), a value step (16 tokens) of a head at a time.
   auto add_values = [&](index_t s, const float* probabilities, index_t from, index_t to) {
     const index_t j0 = job.spans[s].begin;
     auto body = [&](auto&& runs, index_t v_head_stride) {
       runs(j0 + from, j0 + to, [&](index_t slot, index_t n, auto v_run, index_t stride) {
-        for_key_steps(0, n, [&](auto kp, index_t i) {
+        for_value_steps(0, n, [&](auto kp, index_t i) {
           constexpr int KP = decltype(kp)::value;
           const index_t jj = slot - j0 + i;
           const index_t ahead = slot + i + KP <= near_end ? v_ahead : 0;
@@ -272,7 +278,7 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
             issue_prefetches(KP);
             const auto* value = v_run + i * stride + h * v_head_stride;
             const index_t first = h * rows_per_head;
-            for_row_blocks(rows_per_head, [&](auto rb, index_t r) {
+            for_blocks<row_shape<A>::value_rows>(0, rows_per_head, [&](auto rb, index_t r) {
               constexpr int RB = decltype(rb)::value;
               accumulate_values_row<A, RB, KP>(probabilities + (first + r) * block, block, jj,
                                                value, stride, vectors, o_rows + (first + r) * dp,
@@ -288,10 +294,10 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
       body(staged_runs(vs, j0), block * dp);
   };
 
-  // Software pipelining over blocks: block b's logits are computed interleaved, 4 keys at a time,
-  // with block b-1's values (`pending`), so K and V stream from memory at the same time and the
-  // hardware prefetchers run ahead on two streams instead of one (see bench/RESULTS.md for what
-  // this and the near prefetch gained). The staged slow path keeps one block at a time: its
+  // Software pipelining over blocks: block b's logits are computed interleaved, a vector of keys
+  // at a time, with block b-1's values (`pending`), so K and V stream from memory at the same time
+  // and the hardware prefetchers run ahead on two streams instead of one (see bench/RESULTS.md for
+  // what this and the near prefetch gained). The staged slow path keeps one block at a time: its
   // staging buffers hold one block.
   index_t pending = -1, pending_done = 0;  // span whose values are due, keys of it added
   auto advance_pending = [&](index_t keys) {
@@ -361,7 +367,7 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
               issue_prefetches(KP);
               const auto* key = k_run + i * stride + h * k_head_stride;
               const float* q = q_rows + h * rows_per_head * dp;
-              for_row_blocks(rows_per_head, [&](auto rb, index_t r) {
+              for_blocks<row_shape<A>::key_rows>(0, rows_per_head, [&](auto rb, index_t r) {
                 constexpr int RB = decltype(rb)::value;
                 batch acc[RB][KP];
                 dot_rows<A, RB, KP>(q + r * dp, dp, key, stride, vectors, acc, r == 0 ? ahead : 0);
@@ -379,9 +385,9 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
                 }
               });
             }
-            advance_pending(KP);
           });
         });
+        advance_pending(count);
         for (index_t r = 0; r < rows; ++r) {
           batch* row_partial = partial + r * width;
           batch* row_folded = folded + r * quads;
