@@ -503,16 +503,16 @@ int main(int argc, char** argv) {
   const std::size_t threads = attnkit::parallel::default_thread_pool().concurrency();
   register_all();
   if (!list_only) {
-    peak_pool = attnkit_bench::measure_peak(threads);
-    peak_serial = attnkit_bench::measure_peak(1);
+    const attnkit_bench::machine_peaks peaks = attnkit_bench::measure_peaks(threads);
+    peak_pool = peaks.pool;
+    peak_serial = peaks.serial;
     benchmark::AddCustomContext("attnkit_arch", xsimd::default_arch::name());
     benchmark::AddCustomContext("attnkit_threads", std::to_string(threads));
     attnkit_bench::add_peak_context(benchmark::AddCustomContext, threads, peak_pool);
     attnkit_bench::add_peak_context(benchmark::AddCustomContext, 1, peak_serial);
   }
   benchmark::RunSpecifiedBenchmarks();
-  if (!list_only)
-    attnkit_bench::warn_if_fma_peak_moved("bench_dense", threads, peak_pool.fma_gflops);
+  if (!list_only) attnkit_bench::warn_if_peak_moved("bench_dense", threads, peak_pool);
   benchmark::Shutdown();
   return 0;
 }

@@ -222,8 +222,7 @@ int main(int argc, char** argv) {
     attnkit_bench::add_peak_context(benchmark::AddCustomContext, threads, peak_pool);
   }
   benchmark::RunSpecifiedBenchmarks();
-  if (!list_only)
-    attnkit_bench::warn_if_fma_peak_moved("bench_linear", threads, peak_pool.fma_gflops);
+  if (!list_only) attnkit_bench::warn_if_peak_moved("bench_linear", threads, peak_pool);
   benchmark::Shutdown();
   return 0;
 }

@@ -167,7 +167,7 @@ int main(int argc, char** argv) {
   register_all_for<attnkit::half>();
   register_all_for<float>();
   if (!list_only) {
-    peak_read_gbs = attnkit_bench::measure_read_bandwidth_gbs(threads);
+    peak_read_gbs = attnkit_bench::measure_peak(threads).read_gbs;
     benchmark::AddCustomContext("attnkit_threads", std::to_string(threads));
     attnkit_bench::add_peak_context(benchmark::AddCustomContext, threads, {0.0, peak_read_gbs});
   }

@@ -361,8 +361,9 @@ void register_all() {
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   const std::size_t threads = attnkit::parallel::default_thread_pool().concurrency();
-  fma_peak = attnkit_bench::measure_fma_peak_gflops(threads);
-  read_peak = attnkit_bench::measure_read_bandwidth_gbs(threads);
+  const attnkit_bench::machine_peak peak = attnkit_bench::measure_peak(threads);
+  fma_peak = peak.fma_gflops;
+  read_peak = peak.read_gbs;
   benchmark::AddCustomContext("threads", std::to_string(threads));
   benchmark::AddCustomContext("peak_fma_gflops", std::to_string(fma_peak));
   benchmark::AddCustomContext("peak_read_gbs", std::to_string(read_peak));

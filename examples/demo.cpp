@@ -44,8 +44,9 @@ struct machine {
 machine measure_machine() {
   machine m;
   m.threads = attnkit::parallel::default_thread_pool().concurrency();
-  m.fma_gflops = attnkit_bench::measure_fma_peak_gflops(m.threads);
-  m.read_gbs = attnkit_bench::measure_read_bandwidth_gbs(m.threads);
+  const attnkit_bench::machine_peak peak = attnkit_bench::measure_peak(m.threads);
+  m.fma_gflops = peak.fma_gflops;
+  m.read_gbs = peak.read_gbs;
   return m;
 }
 
