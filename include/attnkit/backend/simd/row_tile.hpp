@@ -10,9 +10,9 @@
 //
 //   logits:  for four keys at a time, dot products of a block of rows (row_shape) with each
 //            key, accumulated in registers over the head dimension; each four keys'
-//            accumulators are folded into
-//            one vector at once, and a vector of `width` keys' folds into one vector of logits
-//            per row (the transposing reduction of vector_math.hpp, in two halves).
+//            accumulators are folded into one vector at once, and a vector of `width` keys'
+//            folds into one vector of logits per row (the transposing reduction of
+//            vector_math.hpp, in two halves).
 //   output:  token-major as well: per 16 tokens (a value step) and head, a few vectors of a
 //            block of rows' output (row_shape) are held in registers while each token's value
 //            vectors are loaded once and added into them.
