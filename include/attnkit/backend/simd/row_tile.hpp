@@ -156,8 +156,10 @@ ATTNKIT_ALWAYS_INLINE void for_value_steps(index_t begin, index_t end, F&& f) {
   for_key_steps(j, end, f);
 }
 
-// The keys one block holds: small enough that the block's K and V rows for every head stay in
-// L2 between the logit and the output pass.
+// The keys one block holds. The staged path copies the block's K and V rows of every head to fp32
+// scratch, which must stay in L2 from the logit to the output pass; the direct path keeps only
+// two blocks of logits per row (L1). At most key_block (64): 128-key blocks ran a warm one-core
+// decode 2 % faster on Zen 4 and a cold two-thread one no faster (bench/RESULTS.md).
 inline index_t row_key_block(index_t kv_heads, index_t padded_dim) {
   const index_t fit = (65536 / (kv_heads * padded_dim)) / 16 * 16;
   return std::clamp<index_t>(fit, 16, key_block);
