@@ -14,6 +14,14 @@
 //                the bytes, so its time should be about 5/8 of `paged`'s
 // n_kv = 32768, K/V fp16 and fp32.
 //
+// And a batch of decoding sequences, named decode/batch/<how>/seqs:<B>/kv:fp16/page:16/
+// tokens:<from>-<to>: B sequences of ragged lengths spread evenly over [from, to], each a
+// kv_cache<half> of its own over one shared page pool (the engine's layout), one query token each
+// (32 query / 8 KV heads, d 128). Every iteration reads another layer of every cache (as a model's
+// layers follow each other), so K/V stream from memory.
+//   batched  one attention_batch() call per layer
+//   looped   one attention() call per sequence, as without attention_batch
+//
 // Counters
 //   KV_GB/s        bytes of K and V actually held (each read once) per wall-clock second
 //   peak_fraction  KV_GB/s / measured read bandwidth
@@ -28,6 +36,7 @@
 #include <chrono>
 #include <cstddef>
 #include <ctime>
+#include <memory>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -59,6 +68,29 @@ double process_cpu_seconds() { return double(std::clock()) / double(CLOCKS_PER_S
 std::size_t cold_copies(double bytes_one) {
   const double want = double(attnkit_bench::default_bandwidth_bytes());
   return std::max<std::size_t>(1, std::size_t((want + bytes_one - 1.0) / bytes_one));
+}
+
+// Times call(iteration) over the benchmark's iterations, each reading `bytes` of K/V, and sets
+// the counters of the header comment.
+template <class Call>
+void time_calls(benchmark::State& state, double bytes, Call&& call) {
+  const std::size_t threads = attnkit::parallel::default_thread_pool().concurrency();
+  std::size_t iteration = 0;
+  const double cpu_start = process_cpu_seconds();
+  const steady::time_point start = steady::now();
+  for (auto _ : state) {
+    call(iteration++);
+    benchmark::ClobberMemory();
+  }
+  const double wall = std::chrono::duration<double>(steady::now() - start).count();
+  const double cpu = process_cpu_seconds() - cpu_start;
+
+  using benchmark::Counter;
+  state.counters["KV_GB/s"] = Counter(bytes * 1e-9, Counter::kIsIterationInvariantRate);
+  const double calls = double(std::max<benchmark::IterationCount>(state.iterations(), 1));
+  state.counters["peak_fraction"] =
+      Counter(peak_read_gbs > 0.0 ? bytes * 1e-9 * calls / wall / peak_read_gbs : 0.0);
+  state.counters["cpu_util"] = Counter(cpu / (wall * double(threads)));
 }
 
 template <class KV>
@@ -98,11 +130,8 @@ void bm_decode(benchmark::State& state, layout which, index_t n_kv, index_t page
   auto& pool = attnkit::parallel::default_thread_pool();
   state.counters["kv_copies"] = benchmark::Counter(double(copies));
 
-  std::size_t iteration = 0;
-  const double cpu_start = process_cpu_seconds();
-  const steady::time_point start = steady::now();
-  for (auto _ : state) {
-    const std::size_t c = iteration++ % copies;
+  time_calls(state, bytes, [&](std::size_t iteration) {
+    const std::size_t c = iteration % copies;
     if (which == layout::contiguous) {
       attnkit::tensor_view<const KV, 3> kc(k.data() + c * elements, {n_kv, kv_heads, head_dim});
       attnkit::tensor_view<const KV, 3> vc(v.data() + c * elements, {n_kv, kv_heads, head_dim});
@@ -123,17 +152,7 @@ void bm_decode(benchmark::State& state, layout which, index_t n_kv, index_t page
       attnkit::attention(attnkit::cpu, qv, cache, ov, attnkit::causal{}, {}, pool);
     }
     benchmark::DoNotOptimize(out.data());
-    benchmark::ClobberMemory();
-  }
-  const double wall = std::chrono::duration<double>(steady::now() - start).count();
-  const double cpu = process_cpu_seconds() - cpu_start;
-
-  using benchmark::Counter;
-  state.counters["KV_GB/s"] = Counter(bytes * 1e-9, Counter::kIsIterationInvariantRate);
-  const double calls = double(std::max<benchmark::IterationCount>(state.iterations(), 1));
-  state.counters["peak_fraction"] =
-      Counter(peak_read_gbs > 0.0 ? bytes * 1e-9 * calls / wall / peak_read_gbs : 0.0);
-  state.counters["cpu_util"] = Counter(cpu / (wall * double(pool.concurrency())));
+  });
 }
 
 template <class KV>
@@ -147,6 +166,85 @@ void register_decode(layout which, index_t n_kv, index_t page_size) {
       ->Unit(benchmark::kMillisecond)
       ->UseRealTime()
       ->MinTime(0.5);
+}
+
+// A batch of `sequences` decoding sequences; see the header comment.
+void bm_batch(benchmark::State& state, bool batched, index_t sequences, index_t from, index_t to) {
+  using KV = attnkit::half;
+  constexpr index_t page_size = 16;
+  std::vector<index_t> lengths(static_cast<std::size_t>(sequences));
+  index_t tokens = 0;
+  for (index_t i = 0; i < sequences; ++i) {
+    // Lengths spread evenly over [from, to], in a shuffled order (i · 7 mod B visits every i
+    // when B is not a multiple of 7).
+    const index_t rank = (i * 7) % sequences;
+    lengths[std::size_t(i)] = from + (to - from) * rank / std::max<index_t>(1, sequences - 1);
+    tokens += lengths[std::size_t(i)];
+  }
+  const double bytes = double(tokens) * double(kv_heads * head_dim) * 2.0 * double(sizeof(KV));
+  const index_t layers = index_t(cold_copies(bytes));
+  index_t pages = 0;
+  for (index_t length : lengths)
+    pages += layers * kv_heads * ((length + page_size - 1) / page_size);
+  auto pool = std::make_shared<attnkit::kv_page_pool<KV>>(
+      attnkit::kv_page_pool_config{pages, page_size, head_dim});
+  std::vector<attnkit::kv_cache<KV>> caches;
+  caches.reserve(std::size_t(sequences));
+  buffer<float> k(std::size_t(to * kv_heads * head_dim)), v(k.size());
+  for (index_t i = 0; i < sequences; ++i) {
+    caches.emplace_back(attnkit::kv_cache_config{layers, kv_heads, head_dim, page_size, 0}, pool);
+    const index_t n = lengths[std::size_t(i)];
+    for (index_t layer = 0; layer < layers; ++layer) {
+      attnkit_bench::fill_uniform(k, std::uint64_t(10 + 2 * (i * layers + layer)));
+      attnkit_bench::fill_uniform(v, std::uint64_t(11 + 2 * (i * layers + layer)));
+      caches.back().append(layer, k.cview(n, kv_heads, head_dim), v.cview(n, kv_heads, head_dim));
+    }
+  }
+  buffer<float> q(std::size_t(sequences * q_heads * head_dim)), out(q.size());
+  attnkit_bench::fill_uniform(q, 1);
+  attnkit_bench::fill_zero(out);
+  std::vector<index_t> q_indptr(std::size_t(sequences + 1));
+  std::iota(q_indptr.begin(), q_indptr.end(), index_t{0});
+  std::vector<attnkit::paged_kv_view<const KV>> views(static_cast<std::size_t>(sequences));
+  auto& thread_pool = attnkit::parallel::default_thread_pool();
+  state.counters["kv_copies"] = benchmark::Counter(double(layers));
+
+  time_calls(state, bytes, [&](std::size_t iteration) {
+    const index_t layer = index_t(iteration % std::size_t(layers));
+    for (index_t i = 0; i < sequences; ++i)
+      views[std::size_t(i)] = caches[std::size_t(i)].view(layer);
+    if (batched) {
+      attnkit::attention_batch(attnkit::cpu, q.cview(sequences, q_heads, head_dim), views,
+                               out.view(sequences, q_heads, head_dim),
+                               attnkit::batch_layout{.q_indptr = q_indptr}, attnkit::causal{}, {},
+                               thread_pool);
+    } else {
+      for (index_t i = 0; i < sequences; ++i)
+        attnkit::attention(attnkit::cpu,
+                           attnkit::tensor_view<const float, 3>(q.data() + i * q_heads * head_dim,
+                                                                {1, q_heads, head_dim}),
+                           views[std::size_t(i)],
+                           attnkit::tensor_view<float, 3>(out.data() + i * q_heads * head_dim,
+                                                          {1, q_heads, head_dim}),
+                           attnkit::causal{}, {}, thread_pool);
+    }
+    benchmark::DoNotOptimize(out.data());
+  });
+}
+
+void register_batch(index_t sequences, index_t from, index_t to) {
+  for (bool batched : {true, false}) {
+    const std::string name = std::string("decode/batch/") + (batched ? "batched" : "looped") +
+                             "/seqs:" + std::to_string(sequences) +
+                             "/kv:fp16/page:16/tokens:" + std::to_string(from) + "-" +
+                             std::to_string(to);
+    benchmark::RegisterBenchmark(
+        name.c_str(),
+        [=](benchmark::State& state) { bm_batch(state, batched, sequences, from, to); })
+        ->Unit(benchmark::kMicrosecond)
+        ->UseRealTime()
+        ->MinTime(0.5);
+  }
 }
 
 template <class KV>
@@ -166,6 +264,9 @@ int main(int argc, char** argv) {
   const std::size_t threads = attnkit::parallel::default_thread_pool().concurrency();
   register_all_for<attnkit::half>();
   register_all_for<float>();
+  register_batch(16, 256, 4096);
+  register_batch(64, 64, 1024);
+  register_batch(4, 4096, 16384);
   if (!list_only) {
     peak_read_gbs = attnkit_bench::measure_peak(threads).read_gbs;
     benchmark::AddCustomContext("attnkit_threads", std::to_string(threads));

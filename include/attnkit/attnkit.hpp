@@ -7,6 +7,7 @@
 #pragma once
 
 #include "attnkit/attention/attention.hpp"
+#include "attnkit/attention/attention_batch.hpp"
 #include "attnkit/attention/key_mass.hpp"
 #include "attnkit/attention/merge_states.hpp"
 #include "attnkit/attention/moba.hpp"
