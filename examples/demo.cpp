@@ -280,6 +280,98 @@ bool section_dense(const machine& m) {
 }
 
 // ------------------------------------------------------------------------------------------------
+// Continuous batching: one call for many sequences.
+// ------------------------------------------------------------------------------------------------
+
+// 32 decoding sequences of 64..2048 tokens (fp16 K/V packed one after another, rotated through
+// copies so every run reads from memory), one attention_batch call against a loop of
+// attention() calls; the rows of sequences 0 and 31 are checked against the reference.
+bool section_batch(const machine& m) {
+  using attnkit::half;
+  print_section(
+      "Continuous batching: attnkit::attention_batch(attnkit::cpu, q, k, v, out, batch, mask)",
+      "32 decoding sequences of 64..2048 tokens, 32/8 heads, d=128, fp16 K/V packed one after\n"
+      "another (cold), in one call or in a loop of attention() calls, one per sequence.\n"
+      "error: max |out - backend::reference| for sequences 0 and 31.");
+  constexpr index_t sequences = 32, q_heads = 32, kv_heads = 8, d = 128;
+  std::vector<index_t> q_indptr(sequences + 1), kv_indptr(sequences + 1, 0);
+  for (index_t i = 0; i < sequences; ++i) {
+    q_indptr[std::size_t(i + 1)] = i + 1;
+    kv_indptr[std::size_t(i + 1)] =
+        kv_indptr[std::size_t(i)] + 64 + (2048 - 64) * ((i * 7) % sequences) / (sequences - 1);
+  }
+  const index_t tokens = kv_indptr.back();
+  const std::size_t kv_elems = std::size_t(tokens * kv_heads * d);
+  const double kv_bytes = attnkit_bench::kv_bytes<half>(tokens, kv_heads, d);
+  const std::size_t copies = std::max<std::size_t>(
+      1, std::size_t(std::ceil(double(attnkit_bench::default_bandwidth_bytes()) / kv_bytes)));
+  buffer<float> q(std::size_t(sequences * q_heads * d)), out(q.size());
+  buffer<half> k(kv_elems * copies), v(kv_elems * copies);
+  attnkit_bench::fill_uniform(q, 1);
+  attnkit_bench::fill_zero(out);
+  {
+    buffer<half> k0(kv_elems), v0(kv_elems);
+    attnkit_bench::fill_uniform(k0, 2);
+    attnkit_bench::fill_uniform(v0, 3);
+    for (std::size_t i = 0; i < copies; ++i) {
+      std::memcpy(static_cast<void*>(k.data() + i * kv_elems), k0.data(), k0.bytes());
+      std::memcpy(static_cast<void*>(v.data() + i * kv_elems), v0.data(), v0.bytes());
+    }
+  }
+  const auto kv_view = [&](const buffer<half>& b, std::size_t copy, index_t begin, index_t end) {
+    return attnkit::tensor_view<const half, 3>(b.data() + copy * kv_elems + begin * kv_heads * d,
+                                               {end - begin, kv_heads, d});
+  };
+  const auto q_rows = [&](index_t i) {
+    return attnkit::tensor_view<const float, 3>(q.data() + i * q_heads * d, {1, q_heads, d});
+  };
+  const auto out_rows = [&](index_t i) {
+    return attnkit::tensor_view<float, 3>(out.data() + i * q_heads * d, {1, q_heads, d});
+  };
+  const attnkit::batch_layout layout{.q_indptr = q_indptr, .kv_indptr = kv_indptr};
+
+  bool ok = true;
+  for (const bool batched : {true, false}) {
+    auto run = [&](std::size_t copy) {
+      if (batched) {
+        attnkit::attention_batch(attnkit::cpu, q.cview(sequences, q_heads, d),
+                                 kv_view(k, copy, 0, tokens), kv_view(v, copy, 0, tokens),
+                                 out.view(sequences, q_heads, d), layout, attnkit::causal{});
+        return;
+      }
+      for (index_t i = 0; i < sequences; ++i) {
+        const index_t begin = kv_indptr[std::size_t(i)], end = kv_indptr[std::size_t(i + 1)];
+        attnkit::attention(attnkit::cpu, q_rows(i), kv_view(k, copy, begin, end),
+                           kv_view(v, copy, begin, end), out_rows(i), attnkit::causal{});
+      }
+    };
+    const timing t = best_of_runs(m.threads, [&](int r) { run(std::size_t(r) % copies); });
+    result_row row;
+    row.name = batched ? "decode batch: attention_batch" : "decode batch: attention() loop";
+    row.shape = "32 seqs, 64..2048 tokens";
+    row.seconds = t.seconds;
+    row.cpu_share = t.cpu_share;
+    row.rate = kv_bytes / t.seconds * 1e-9;
+    row.unit = "GB/s";
+    row.peak_fraction = row.rate / m.read_gbs;
+    row.peak_kind = "read";
+    // Every copy of K/V holds the same values, so the last run's rows check against copy 0.
+    for (const index_t i : {index_t{0}, sequences - 1}) {
+      const index_t begin = kv_indptr[std::size_t(i)], end = kv_indptr[std::size_t(i + 1)];
+      row.max_error =
+          std::max(row.max_error,
+                   max_error_vs_reference<float, half, float>(
+                       q_rows(i), kv_view(k, 0, begin, end), kv_view(v, 0, begin, end),
+                       attnkit::tensor_view<const float, 3>(out_rows(i).data(), {1, q_heads, d}),
+                       attnkit::causal{}, {0, kv_heads - 1}));
+    }
+    row.tolerance = tolerance_for<float>();
+    ok &= print_row(row);
+  }
+  return ok;
+}
+
+// ------------------------------------------------------------------------------------------------
 // Sparse masks: cost follows what the mask keeps.
 // ------------------------------------------------------------------------------------------------
 
@@ -560,6 +652,7 @@ int main() {
   print_header(m);
   bool ok = true;
   ok &= section_dense(m);
+  ok &= section_batch(m);
   ok &= section_sparse(m);
   ok &= section_linear(m);
   ok &= section_eviction();
