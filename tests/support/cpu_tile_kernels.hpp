@@ -17,6 +17,9 @@
 // test_cpu_kernel_kv_{float32,float16,bfloat16}.cpp (library attnkit_test_cpu_kernels, linked by
 // every test executable), one K/V type each.
 //
+// The examples that do not time the kernels, and the eviction harness, link this copy as well when
+// built beside the tests (CMakeLists.txt, attnkit_reuse_test_tile_kernels).
+//
 // Nothing changes in what runs: the same templates, compiled with the same flags (every test
 // target links attnkit_project_flags and gets the same sanitizer options), are called exactly as
 // before; only the translation unit that compiles them changed. A TU compiled for another
