@@ -52,7 +52,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstddef>
-#include <cstring>
 #include <ctime>
 #include <mutex>
 #include <string>
@@ -344,33 +343,18 @@ struct decode_shape {
   index_t kv_heads;
 };
 
-// Copies of the KV cache needed so that rotating through them streams at least as many bytes
-// as the bandwidth probe does (and so cannot stay in the last-level cache).
-std::size_t cold_copies(double kv_bytes_one) {
-  const double want = double(attnkit_bench::default_bandwidth_bytes());
-  return std::max<std::size_t>(1, std::size_t((want + kv_bytes_one - 1.0) / kv_bytes_one));
-}
-
 template <class TQ, class KV>
 void bm_decode(benchmark::State& state, decode_shape s, impl which, threading t) {
   using TO = TQ;
   const index_t n_kv = s.n_kv, d = s.head_dim;
   const double bytes = attnkit_bench::kv_bytes<KV>(n_kv, s.kv_heads, d);
-  const std::size_t copies = cold_copies(bytes);
+  const std::size_t copies = attnkit_bench::cold_copies(bytes);
   const std::size_t elems = std::size_t(n_kv * s.kv_heads * d);
   buffer<TQ> q(std::size_t(s.q_heads * d));
   buffer<TO> out(std::size_t(s.q_heads * d));
   buffer<KV> k(elems * copies), v(elems * copies);
   attnkit_bench::fill_uniform(q, 1);
-  {
-    buffer<KV> k0(elems), v0(elems);
-    attnkit_bench::fill_uniform(k0, 2);
-    attnkit_bench::fill_uniform(v0, 3);
-    for (std::size_t c = 0; c < copies; ++c) {
-      std::memcpy(static_cast<void*>(k.data() + c * elems), k0.data(), k0.bytes());
-      std::memcpy(static_cast<void*>(v.data() + c * elems), v0.data(), v0.bytes());
-    }
-  }
+  attnkit_bench::fill_kv_copies(k, v, elems, copies);
   attnkit_bench::fill_zero(out);
   const attnkit::causal mask{};
   state.counters["kv_copies"] = benchmark::Counter(double(copies));

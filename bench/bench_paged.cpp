@@ -65,11 +65,6 @@ const char* layout_name(layout l) {
 
 double process_cpu_seconds() { return double(std::clock()) / double(CLOCKS_PER_SEC); }
 
-std::size_t cold_copies(double bytes_one) {
-  const double want = double(attnkit_bench::default_bandwidth_bytes());
-  return std::max<std::size_t>(1, std::size_t((want + bytes_one - 1.0) / bytes_one));
-}
-
 // Times call(iteration) over the benchmark's iterations, each reading `bytes` of K/V, and sets
 // the counters of the header comment.
 template <class Call>
@@ -108,7 +103,7 @@ void bm_decode(benchmark::State& state, layout which, index_t n_kv, index_t page
   for (index_t length : lengths) pages += (length + ps - 1) / ps;
   const std::size_t elements = which == layout::contiguous ? std::size_t(n_kv * kv_heads * head_dim)
                                                            : std::size_t(pages * ps * head_dim);
-  const std::size_t copies = cold_copies(bytes);
+  const std::size_t copies = attnkit_bench::cold_copies(bytes);
   buffer<KV> k(elements * copies), v(elements * copies);
   attnkit_bench::fill_uniform(k, 2);
   attnkit_bench::fill_uniform(v, 3);
@@ -182,7 +177,7 @@ void bm_batch(benchmark::State& state, bool batched, index_t sequences, index_t 
     tokens += lengths[std::size_t(i)];
   }
   const double bytes = double(tokens) * double(kv_heads * head_dim) * 2.0 * double(sizeof(KV));
-  const index_t layers = index_t(cold_copies(bytes));
+  const index_t layers = index_t(attnkit_bench::cold_copies(bytes));
   index_t pages = 0;
   for (index_t length : lengths)
     pages += layers * kv_heads * ((length + page_size - 1) / page_size);

@@ -106,6 +106,27 @@ inline void sweep_caches(std::size_t slice = 0, std::size_t slices = 1) {
   keep(sum);
 }
 
+// Copies of a KV cache of `bytes_one` bytes that rotating through streams at least as many bytes
+// as the bandwidth probe does, so a call never finds its K/V in the last-level cache.
+inline std::size_t cold_copies(double bytes_one) {
+  const double want = double(default_bandwidth_bytes());
+  return std::max<std::size_t>(1, std::size_t((want + bytes_one - 1.0) / bytes_one));
+}
+
+// Fills `copies` copies of `elements` K and V elements each with the same uniform values (seeds
+// 2 and 3), so a call on any copy computes what a call on copy 0 does.
+template <class KV>
+void fill_kv_copies(const buffer<KV>& k, const buffer<KV>& v, std::size_t elements,
+                    std::size_t copies) {
+  buffer<KV> k0(elements), v0(elements);
+  fill_uniform(k0, 2);
+  fill_uniform(v0, 3);
+  for (std::size_t c = 0; c < copies; ++c) {
+    std::memcpy(static_cast<void*>(k.data() + c * elements), k0.data(), k0.bytes());
+    std::memcpy(static_cast<void*>(v.data() + c * elements), v0.data(), v0.bytes());
+  }
+}
+
 // ------------------------------------------------------------------------------------------------
 // The work a shape represents.
 // ------------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdio>
-#include <cstring>
 #include <ctime>
 #include <string>
 #include <type_traits>
@@ -181,38 +180,20 @@ double max_error_vs_reference(attnkit::tensor_view<const TQ, 3> q,
   return max_error;
 }
 
-// K and V of a case that reads a cold cache: `copies` copies of the same kv_elems random
-// elements each, so a run on any copy checks against copy 0.
-template <class KV>
-void fill_kv_copies(buffer<KV>& k, buffer<KV>& v, std::size_t kv_elems, std::size_t copies) {
-  buffer<KV> k0(kv_elems), v0(kv_elems);
-  attnkit_bench::fill_uniform(k0, 2);
-  attnkit_bench::fill_uniform(v0, 3);
-  for (std::size_t i = 0; i < copies; ++i) {
-    std::memcpy(static_cast<void*>(k.data() + i * kv_elems), k0.data(), k0.bytes());
-    std::memcpy(static_cast<void*>(v.data() + i * kv_elems), v0.data(), v0.bytes());
-  }
-}
-
 template <class TQ, class KV, class Mask>
 result_row run_dense(const machine& m, std::string name, const dense_case& c, const Mask& mask) {
   using TO = TQ;
   const index_t d = c.head_dim;
   const std::size_t kv_elems = std::size_t(c.kv_tokens * c.kv_heads * d);
   const double kv_bytes = attnkit_bench::kv_bytes<KV>(c.kv_tokens, c.kv_heads, d);
-  const std::size_t copies =
-      c.bandwidth_bound
-          ? std::max<std::size_t>(
-                1,
-                std::size_t(std::ceil(double(attnkit_bench::default_bandwidth_bytes()) / kv_bytes)))
-          : 1;
+  const std::size_t copies = c.bandwidth_bound ? attnkit_bench::cold_copies(kv_bytes) : 1;
 
   buffer<TQ> q(std::size_t(c.q_tokens * c.q_heads * d));
   buffer<TO> out(q.size());
   buffer<KV> k(kv_elems * copies), v(kv_elems * copies);
   attnkit_bench::fill_uniform(q, 1);
   attnkit_bench::fill_zero(out);
-  fill_kv_copies(k, v, kv_elems, copies);
+  attnkit_bench::fill_kv_copies(k, v, kv_elems, copies);
   const auto k_view = [&](std::size_t copy) {
     return attnkit::tensor_view<const KV, 3>(k.data() + copy * kv_elems,
                                              {c.kv_tokens, c.kv_heads, d});
@@ -308,13 +289,12 @@ bool section_batch(const machine& m) {
   const index_t tokens = kv_indptr.back();
   const std::size_t kv_elems = std::size_t(tokens * kv_heads * d);
   const double kv_bytes = attnkit_bench::kv_bytes<half>(tokens, kv_heads, d);
-  const std::size_t copies = std::max<std::size_t>(
-      1, std::size_t(std::ceil(double(attnkit_bench::default_bandwidth_bytes()) / kv_bytes)));
+  const std::size_t copies = attnkit_bench::cold_copies(kv_bytes);
   buffer<float> q(std::size_t(sequences * q_heads * d)), out(q.size());
   buffer<half> k(kv_elems * copies), v(kv_elems * copies);
   attnkit_bench::fill_uniform(q, 1);
   attnkit_bench::fill_zero(out);
-  fill_kv_copies(k, v, kv_elems, copies);
+  attnkit_bench::fill_kv_copies(k, v, kv_elems, copies);
   const auto kv_view = [&](const buffer<half>& b, std::size_t copy, index_t begin, index_t end) {
     return attnkit::tensor_view<const half, 3>(b.data() + copy * kv_elems + begin * kv_heads * d,
                                                {end - begin, kv_heads, d});

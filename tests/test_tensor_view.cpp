@@ -1,6 +1,7 @@
 // tensor_view: contiguous and explicit strides, element and row access, size/empty, the const
 // conversion (and its absence the other way), and the test helpers' layouts built on it.
 #include <algorithm>
+#include <array>
 #include <catch2/catch.hpp>
 #include <type_traits>
 #include <vector>
@@ -81,6 +82,22 @@ TEST_CASE("tensor_view: const conversion keeps data extents and strides", "[tens
   CHECK(c.strides() == v.strides());
   v(1, 2, 3) = attnkit::half(2.5f);
   CHECK(static_cast<float>(c(1, 2, 3)) == 2.5f);
+}
+
+TEST_CASE("tensor_view: slice keeps strides and addresses the same elements", "[tensor_view]") {
+  // [H=2, T=3, D=4] memory seen as [T, H, D]; tokens 1..2 of it.
+  std::vector<float> bhsd(2 * 3 * 4);
+  for (std::size_t i = 0; i < bhsd.size(); ++i) bhsd[i] = static_cast<float>(i);
+  const tensor_view<float, 3> v(bhsd.data(), {3, 2, 4}, {4, 12, 1});
+  const tensor_view<float, 3> tail = v.slice(1, 3);
+  CHECK(tail.extents() == std::array<index_t, 3>{2, 2, 4});
+  CHECK(tail.strides() == v.strides());
+  for (index_t t = 0; t < 2; ++t)
+    for (index_t h = 0; h < 2; ++h)
+      for (index_t d = 0; d < 4; ++d) CHECK(&tail(t, h, d) == &v(t + 1, h, d));
+  const tensor_view<float, 3> none = v.slice(3, 3);
+  CHECK(none.empty());
+  CHECK(none.extent(1) == 2);
 }
 
 TEST_CASE("tensor_view: empty views", "[tensor_view]") {

@@ -30,6 +30,7 @@
 #include <functional>
 #include <ranges>
 #include <span>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -191,12 +192,11 @@ index_t check_batch_layout(const char* function, const batch_layout& batch,
   return sequences;
 }
 
-// Rows [begin, end) of a [tokens, heads, dim] view.
+// Sequence i's rows [indptr[i], indptr[i + 1]) of a packed [tokens, heads, dim] view.
 template <class T>
-tensor_view<T, 3> token_rows(const tensor_view<T, 3>& view, index_t begin, index_t end) {
-  return {view.data() + begin * view.stride(0),
-          {end - begin, view.extent(1), view.extent(2)},
-          view.strides()};
+tensor_view<T, 3> sequence_rows(const tensor_view<T, 3>& view, std::span<const index_t> indptr,
+                                index_t i) {
+  return view.slice(indptr[static_cast<std::size_t>(i)], indptr[static_cast<std::size_t>(i) + 1]);
 }
 
 // Sequence i's options: the shared ones, its columns of log_sum_exp and its observer.
@@ -211,6 +211,23 @@ inline attention_options sequence_options(const attention_options& options,
         {options.log_sum_exp.extent(0), end - begin}, options.log_sum_exp.strides());
   if (!batch.observers.empty()) own.observer = batch.observers[static_cast<std::size_t>(i)];
   return own;
+}
+
+// What both front doors do once their packed tensors are checked: check every sequence first
+// (check(i) returns its resolved parameters, or throws before anything is written), then run the
+// batch, with each sequence's cost(i, params) and run(i, params, executor).
+template <class Check, class Cost, class Run, class Executor>
+void check_and_run_batch(index_t sequences, const Check& check, const Cost& cost, const Run& run,
+                         Executor& executor) {
+  batch_workspace& workspace = calling_thread_batch_workspace();
+  workspace.params.resize(static_cast<std::size_t>(sequences));
+  for (index_t i = 0; i < sequences; ++i) workspace.params[static_cast<std::size_t>(i)] = check(i);
+  auto params = [&](index_t i) -> const attention_params& {
+    return workspace.params[static_cast<std::size_t>(i)];
+  };
+  run_batch(
+      workspace, sequences, [&](index_t i) { return cost(i, params(i)); },
+      [&](index_t i, auto& run_on) { run(i, params(i), run_on); }, executor);
 }
 
 template <class T>
@@ -256,37 +273,28 @@ void attention_batch(const Backend& backend, tensor_view<TQ, 3> q, tensor_view<T
   using KV = std::remove_cv_t<TK>;
   const tensor_view<const Q, 3> all_q = q;
   const tensor_view<const KV, 3> all_k = k, all_v = v;
-  auto query_rows = [&](index_t i) {
-    return detail::token_rows(all_q, batch.q_indptr[i], batch.q_indptr[i + 1]);
+  auto views = [&](index_t i) {
+    return std::tuple(detail::sequence_rows(all_q, batch.q_indptr, i),
+                      detail::sequence_rows(all_k, batch.kv_indptr, i),
+                      detail::sequence_rows(all_v, batch.kv_indptr, i),
+                      detail::sequence_rows(out, batch.q_indptr, i));
   };
-  auto out_rows = [&](index_t i) {
-    return detail::token_rows(out, batch.q_indptr[i], batch.q_indptr[i + 1]);
-  };
-  auto key_rows = [&](const tensor_view<const KV, 3>& view, index_t i) {
-    return detail::token_rows(view, batch.kv_indptr[i], batch.kv_indptr[i + 1]);
-  };
-
-  detail::batch_workspace& workspace = detail::calling_thread_batch_workspace();
-  workspace.params.resize(static_cast<std::size_t>(sequences));
-  for (index_t i = 0; i < sequences; ++i) {
-    detail::attention_params& params = workspace.params[static_cast<std::size_t>(i)];
-    params = detail::check_attention_arguments(function, query_rows(i), key_rows(all_k, i),
-                                               key_rows(all_v, i), out_rows(i),
-                                               detail::sequence_options(options, batch, i));
-    detail::check_mask(mask, params.shape());
-  }
-
-  detail::run_batch(
-      workspace, sequences,
+  detail::check_and_run_batch(
+      sequences,
       [&](index_t i) {
-        const detail::attention_params& params = workspace.params[static_cast<std::size_t>(i)];
+        const auto [qi, ki, vi, oi] = views(i);
+        const detail::attention_params params = detail::check_attention_arguments(
+            function, qi, ki, vi, oi, detail::sequence_options(options, batch, i));
+        detail::check_mask(mask, params.shape());
+        return params;
+      },
+      [](index_t, const detail::attention_params& params) {
         // + 1 key: a sequence with queries but no keys still writes its rows.
         return static_cast<double>(params.q_tokens) * static_cast<double>(params.kv_tokens + 1);
       },
-      [&](index_t i, auto& run_on) {
-        detail::attention_impl(backend, query_rows(i), key_rows(all_k, i), key_rows(all_v, i),
-                               out_rows(i), mask, workspace.params[static_cast<std::size_t>(i)],
-                               run_on);
+      [&](index_t i, const detail::attention_params& params, auto& run_on) {
+        const auto [qi, ki, vi, oi] = views(i);
+        detail::attention_impl(backend, qi, ki, vi, oi, mask, params, run_on);
       },
       executor);
 }
@@ -331,36 +339,27 @@ void attention_batch(const Backend& backend, tensor_view<TQ, 3> q, const Views& 
   using Q = std::remove_cv_t<TQ>;
   using KV = typename detail::paged_kv_element<std::ranges::range_value_t<Views>>::type;
   const tensor_view<const Q, 3> all_q = q;
-  auto query_rows = [&](index_t i) {
-    return detail::token_rows(all_q, batch.q_indptr[i], batch.q_indptr[i + 1]);
-  };
-  auto out_rows = [&](index_t i) {
-    return detail::token_rows(out, batch.q_indptr[i], batch.q_indptr[i + 1]);
-  };
   auto cache = [&](index_t i) -> paged_kv_view<const KV> { return std::ranges::data(kv)[i]; };
-
-  detail::batch_workspace& workspace = detail::calling_thread_batch_workspace();
-  workspace.params.resize(static_cast<std::size_t>(sequences));
-  for (index_t i = 0; i < sequences; ++i) {
-    detail::attention_params& params = workspace.params[static_cast<std::size_t>(i)];
-    params = detail::check_paged_attention_arguments(function, query_rows(i), cache(i), out_rows(i),
-                                                     detail::sequence_options(options, batch, i));
-    detail::check_mask(mask, params.shape());
-  }
-
-  detail::run_batch(
-      workspace, sequences,
+  detail::check_and_run_batch(
+      sequences,
       [&](index_t i) {
+        const detail::attention_params params = detail::check_paged_attention_arguments(
+            function, detail::sequence_rows(all_q, batch.q_indptr, i), cache(i),
+            detail::sequence_rows(out, batch.q_indptr, i),
+            detail::sequence_options(options, batch, i));
+        detail::check_mask(mask, params.shape());
+        return params;
+      },
+      [&](index_t i, const detail::attention_params& params) {
         const paged_kv_view<const KV> view = cache(i);
         double keys = 0.0;  // per-head lengths: a head costs what it holds
         for (index_t h = 0; h < view.kv_heads; ++h) keys += static_cast<double>(view.length(h));
-        const detail::attention_params& params = workspace.params[static_cast<std::size_t>(i)];
         return static_cast<double>(params.q_tokens) *
                (keys / static_cast<double>(std::max<index_t>(view.kv_heads, 1)) + 1.0);
       },
-      [&](index_t i, auto& run_on) {
-        detail::attention_impl(backend, query_rows(i), cache(i), out_rows(i), mask,
-                               workspace.params[static_cast<std::size_t>(i)], run_on);
+      [&](index_t i, const detail::attention_params& params, auto& run_on) {
+        detail::attention_impl(backend, detail::sequence_rows(all_q, batch.q_indptr, i), cache(i),
+                               detail::sequence_rows(out, batch.q_indptr, i), mask, params, run_on);
       },
       executor);
 }

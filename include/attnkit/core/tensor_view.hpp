@@ -78,6 +78,15 @@ class tensor_view {
     return data_ + offset;
   }
 
+  // Indices [begin, end) of the first dimension (the tokens of an NHD tensor), same strides, no
+  // copy: a sequence's rows of a packed batch, or the newest tokens of a cache. Like indexing, it
+  // trusts its arguments (0 <= begin <= end <= extent(0)); the front doors check extents first.
+  constexpr tensor_view slice(index_t begin, index_t end) const {
+    extents_type extents = extents_;
+    extents[0] = end - begin;
+    return tensor_view(data_ + begin * strides_[0], extents, strides_);
+  }
+
   static constexpr extents_type contiguous_strides(const extents_type& extents) noexcept {
     extents_type strides{};
     index_t s = 1;

@@ -77,8 +77,7 @@ void based_attention(const Backend& backend, tensor_view<TQL, 3> q_linear,
   softmax_checked.observer = {};
   detail::check_attention_arguments(function, q, k, v, out, softmax_checked);
   const index_t kv_tokens = k.extent(0), q_heads = q.extent(1), dim = v.extent(2);
-  const tensor_view<TV, 3> new_values(v.data() + (kv_tokens - tokens) * v.stride(0),
-                                      {tokens, v.extent(1), dim}, v.strides());
+  const tensor_view<TV, 3> new_values = v.slice(kv_tokens - tokens, kv_tokens);
   detail::check_linear_arguments(function, q_linear, k_linear, new_values, out, options.feature_map,
                                  state, options.linear);
   if (tokens == 0) return;
