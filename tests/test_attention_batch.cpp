@@ -338,7 +338,7 @@ TEST_CASE("attention_batch: the scheduler runs each sequence once, wide ones acr
 namespace {
 
 // A batch of kv_cache<half> sequences over one shared page pool, heads of each trimmed to
-// different lengths (per-head eviction), one sequence left empty.
+// different lengths (per-head eviction), one sequence left empty, merged keys on some heads.
 struct paged_batch {
   static constexpr index_t kv_heads = 2, head_dim = 128, q_heads = 8;
   std::shared_ptr<attnkit::kv_page_pool<half>> pool;
@@ -364,6 +364,10 @@ struct paged_batch {
       for (index_t j = 0; j < n; ++j)
         if (j < 4 || j % 2 == 1 || j == n - 1) keep.push_back(j);
       caches.back().retain(0, 1, keep);
+      // Merged keys on some heads (RazorAttention's compensation token): weighed in the batch as
+      // in each sequence's own call.
+      if (n > 6 && i % 3 == 0) caches.back().set_merged(0, 0, {n / 2, static_cast<float>(3 + i)});
+      if (n > 6 && i % 2 == 1) caches.back().set_merged(0, 1, {2, 5.0f});
     }
     q_indptr = indptr_of(seqs, true);
     q = make_tensor3<float>(q_indptr.back(), q_heads, head_dim);

@@ -30,6 +30,10 @@
 // Quest: paged page bounds bit-identical to contiguous bounds of each head, SIMD selection equal
 // to the reference's and to a per-head contiguous selection, incremental updates equal to a
 // rebuild. Invalid views throw attnkit::error naming the argument and write nothing.
+// Merged keys (a slot that stands for `count` tokens, RazorAttention's compensation token): the
+// kernel against the paged reference with every mask, softcap and ALiBi, and observers; the paged
+// reference against the contiguous reference with the merged row repeated `count` times (full and
+// causal masks, integer counts), which is what the weight means.
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
@@ -69,6 +73,7 @@ struct cache_shape {
   std::vector<index_t> lengths;
   bool shared_pool = false;  // vLLM style: [pages, page_size, kv_heads, head_dim]
   std::uint64_t seed = 1;
+  std::vector<attnkit::merged_key> merged;  // empty, or one per KV head
 
   index_t max_length() const {
     return lengths.empty() ? 0 : *std::max_element(lengths.begin(), lengths.end());
@@ -85,9 +90,19 @@ struct paged_cache {
   index_t table_stride = 0, row_stride = 0, page_stride = 0, head_stride = 0;
 
   paged_kv_view<const T> view() const {
-    return {key_pool.data(), value_pool.data(), nullptr,        table.data(),
-            lengths.data(),  shape.kv_heads,    shape.head_dim, shape.page_size,
-            table_stride,    row_stride,        page_stride,    head_stride};
+    return {key_pool.data(),
+            value_pool.data(),
+            nullptr,
+            table.data(),
+            lengths.data(),
+            shape.kv_heads,
+            shape.head_dim,
+            shape.page_size,
+            table_stride,
+            row_stride,
+            page_stride,
+            head_stride,
+            shape.merged.empty() ? nullptr : shape.merged.data()};
   }
   // K or V of KV head g as the contiguous call for that head sees them: [lengths[g], kv_heads, d].
   tensor_view<const T, 3> k_until(index_t g) const { return cut(k, g); }
@@ -192,6 +207,9 @@ std::string describe(const paged_case& c, const any_mask& mask, const char* kv_t
   if (c.softcap > 0.0f) s << "; softcap " << c.softcap;
   if (c.alibi) s << "; alibi";
   if (c.wide) s << "; wide executor";
+  for (std::size_t g = 0; g < c.cache.merged.size(); ++g)
+    if (c.cache.merged[g].slot >= 0)
+      s << "; head " << g << " slot " << c.cache.merged[g].slot << " x" << c.cache.merged[g].count;
   s << "; seed " << c.cache.seed;
   return s.str();
 }
@@ -228,10 +246,70 @@ error_model paged_model(const paged_case& c, const paged_cache<T>& cache, const 
   double max_slope = 0.0;
   for (float s : slopes) max_slope = std::fmax(max_slope, std::fabs(static_cast<double>(s)));
   m.alibi_bound = max_slope * static_cast<double>(c.q_tokens + c.cache.max_length());
+  // A merged key's ln(count) is one more additive logit term, rounded like ALiBi's.
+  for (const attnkit::merged_key& key : c.cache.merged)
+    if (key.slot >= 0) m.alibi_bound += std::fabs(std::log(static_cast<double>(key.count)));
   m.softcap = c.softcap;
   m.head_dim = c.cache.head_dim;
   m.kv_tokens = std::max<index_t>(1, c.cache.max_length());
   return m;
+}
+
+// The logical cache cut to `length` tokens with slot `slot` repeated `copies` times (every head's
+// row, though only one head's rows are compared): [length + copies - 1, kv_heads, d].
+template <class T>
+tensor3<T> with_copies(const tensor3<T>& t, index_t length, index_t slot, index_t copies) {
+  tensor3<T> expanded = make_tensor3<T>(length + copies - 1, t.extents[1], t.extents[2]);
+  const auto from = t.cview();
+  const auto to = expanded.view();
+  for (index_t i = 0; i < length + copies - 1; ++i) {
+    const index_t source = i <= slot ? i : (i < slot + copies ? slot : i - copies + 1);
+    for (index_t g = 0; g < t.extents[1]; ++g)
+      for (index_t e = 0; e < t.extents[2]; ++e) to(i, g, e) = from(source, g, e);
+  }
+  return expanded;
+}
+
+// What a merged key means: the paged reference with slot s of head g standing for n tokens
+// equals the contiguous reference with that row repeated n times, for the rows of g's query heads.
+// Only where repeating keys changes nothing else: full masks, or causal ones where every query row
+// sees the merged slot (the copies move the queries n - 1 slots on: one before the slot would see
+// keys it did not), no ALiBi (distances would move), whole counts. The two fp64 results round to
+// fp32 once each, after sums in different orders: within 4 ulps.
+template <class T>
+void check_merged_as_copies(const paged_case& c, const paged_cache<T>& cache,
+                            const tensor3<float>& q, const any_mask& mask, index_t g,
+                            const tensor3<float>& ref_out, const tensor2<float>& ref_lse) {
+  const attnkit::merged_key merged = c.cache.merged[static_cast<std::size_t>(g)];
+  const auto copies = static_cast<index_t>(merged.count);
+  const index_t d = c.cache.head_dim, group = c.q_heads / c.cache.kv_heads;
+  const index_t length = c.cache.lengths[static_cast<std::size_t>(g)];
+  const bool causal_sees_it = mask.name() == "causal" && merged.slot <= length - c.q_tokens;
+  if (c.alibi || static_cast<float>(copies) != merged.count ||
+      !(mask.name() == "full" || causal_sees_it))
+    return;
+  const tensor3<T> k = with_copies(cache.k, length, merged.slot, copies);
+  const tensor3<T> v = with_copies(cache.v, length, merged.slot, copies);
+  auto out = make_tensor3<float>(c.q_tokens, c.q_heads, d);
+  auto lse = make_lse(c.q_heads, c.q_tokens);
+  attnkit::attention(reference, q.cview(), k.cview(), v.cview(), out.view(), mask,
+                     options_for(c, {}, lse.view()));
+  comparison out_cmp, lse_cmp;
+  out_cmp.what = "merged key vs repeated rows, output";
+  out_cmp.tol = {0x1p-126, 4 * eps};
+  lse_cmp.what = "merged key vs repeated rows, log_sum_exp";
+  lse_cmp.tol = {0x1p-126, 4 * eps};
+  for (index_t h = g * group; h < (g + 1) * group; ++h)
+    for (index_t i = 0; i < c.q_tokens; ++i) {
+      lse_cmp.add(ref_lse.cview()(h, i), lse.cview()(h, i), {h, i, -1});
+      for (index_t e = 0; e < d; ++e)
+        out_cmp.add(ref_out.cview()(i, h, e), out.cview()(i, h, e), {i, h, e});
+    }
+  INFO("KV head " << g << ": slot " << merged.slot << " as " << copies << " copies");
+  INFO(out_cmp.describe());
+  INFO(lse_cmp.describe());
+  CHECK(out_cmp.ok());
+  CHECK(lse_cmp.ok());
 }
 
 template <class T>
@@ -293,6 +371,10 @@ void check_paged(const paged_case& c, const any_mask& mask) {
   const tolerance twice_lse{2 * model.lse_tolerance().abs, 2 * model.lse_tolerance().rel};
   index_t reference_mismatches = 0;
   for (index_t g = 0; g < kv_heads; ++g) {
+    if (!c.cache.merged.empty() && c.cache.merged[static_cast<std::size_t>(g)].slot >= 0) {
+      check_merged_as_copies(c, cache, q, mask, g, ref_out, ref_lse);
+      continue;  // a contiguous K/V pair has no merged keys
+    }
     auto contiguous_ref = make_tensor3<float>(c.q_tokens, c.q_heads, d);
     auto contiguous_ref_lse = make_lse(c.q_heads, c.q_tokens);
     attnkit::attention(reference, q.cview(), cache.k_until(g), cache.v_until(g),
@@ -405,6 +487,33 @@ TEST_CASE("paged attention: shared (vLLM-style) pool, softcap and ALiBi", "[page
   check_every_mask<float>(options);
 }
 
+TEMPLATE_TEST_CASE("paged attention: a merged key weighs as count copies of its row",
+                   "[paged][merged]", float, attnkit::half, attnkit::bfloat16) {
+  // Decode with split-KV: a merged key mid-page, at a head's last slot (its own query sees it),
+  // a head without one, a fractional count, and a head of length 0 beside them.
+  paged_case decode = make_case(1, 16, 4, 128, 16, {300, 50, 0, 129}, 41, /*wide=*/true);
+  decode.cache.merged = {{17, 5.0f}, {49, 37.0f}, {-1, 1.0f}, {128, 2.5f}};
+  check_every_mask<TestType>(decode);
+  // Multi-token decode (row kernel) at d 64, and prefill chunks (column kernel) at d 80 with the
+  // merged key at slot 0 of a head as short as the chunk (every causal row sees it).
+  paged_case rows = make_case(3, 8, 8, 64, 3, {3, 130, 0, 2, 64, 65, 700, 1}, 42);
+  rows.cache.merged = {{1, 4.0f},  {64, 1000.0f}, {-1, 1.0f},  {0, 2.0f},
+                       {63, 0.5f}, {64, 3.0f},    {350, 9.0f}, {0, 6.0f}};
+  check_every_mask<TestType>(rows);
+  paged_case prefill = make_case(37, 8, 2, 80, 16, {100, 37}, 43, /*wide=*/true);
+  prefill.cache.merged = {{60, 11.0f}, {0, 3.0f}};
+  check_every_mask<TestType>(prefill);
+  // Softcap and ALiBi: the weight is applied after both.
+  paged_case options = make_case(1, 8, 2, 64, 16, {400, 77}, 44, /*wide=*/true);
+  options.softcap = 5.0f;
+  options.alibi = true;
+  options.cache.merged = {{200, 50.0f}, {76, 2.0f}};
+  check_every_mask<TestType>(options);
+  options.q_tokens = 30;
+  options.alibi = false;
+  check_every_mask<TestType>(options);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Observers.
 // ---------------------------------------------------------------------------------------------
@@ -502,6 +611,13 @@ TEST_CASE("paged attention: observers see each head's own keys", "[paged][observ
   const paged_case prefill = make_case(24, 8, 2, 64, 16, {300, 10}, 33);
   check_observed<attnkit::bfloat16>(prefill, causal_mask, 8);
   check_observed<float>(prefill, per_head_windows(8), 30);
+  // A merged key's probability is the mass of every token it stands for.
+  paged_case merged = decode;
+  merged.cache.merged = {{450, 40.0f}, {-1, 1.0f}, {0, 3.0f}, {332, 7.5f}};
+  check_observed<attnkit::half>(merged, causal_mask, 1);
+  merged = prefill;
+  merged.cache.merged = {{100, 20.0f}, {9, 2.0f}};
+  check_observed<float>(merged, causal_mask, 8);
 
   // accumulate_key_mass over rows of different lengths: each head's row sums to group_size.
   const paged_cache<float> cache = make_cache<float>(decode.cache);
@@ -743,6 +859,18 @@ TEST_CASE("paged attention: invalid views throw naming the argument and write no
     kv = base();
     kv.row_stride = -1;
     expect(kv, "kv strides", q.cview(), out.view());
+  }
+  {
+    std::vector<attnkit::merged_key> merged = {{-1, 1.0f}, {20, 2.0f}};
+    auto kv = base();
+    kv.merged_keys = merged.data();
+    expect(kv, "kv.merged_keys[1].slot is 20 but head 1 holds 20 slots", q.cview(), out.view());
+    merged = {{-2, 1.0f}, {-1, 1.0f}};
+    expect(kv, "kv.merged_keys[0].slot is -2", q.cview(), out.view());
+    merged = {{3, 0.0f}, {-1, 1.0f}};
+    expect(kv, "kv.merged_keys[0].count is 0, it must be finite and > 0", q.cview(), out.view());
+    merged = {{3, 2.0f}, {0, std::numeric_limits<float>::infinity()}};
+    expect(kv, "kv.merged_keys[1].count is inf", q.cview(), out.view());
   }
   {
     auto small_out = make_tensor3<float>(1, 2, 64);

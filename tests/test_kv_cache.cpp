@@ -514,6 +514,71 @@ TEST_CASE("kv_cache: positions continue from one past the largest appended", "[k
   CHECK(cache.length(0, 1) == 6);
 }
 
+TEST_CASE("kv_cache: a merged key follows its slot through retain and evict", "[kv_cache]") {
+  using attnkit::merged_key;
+  using Catch::Contains;
+  kv_cache<float> cache({2, 2, 1, 4, 16});
+  std::vector<float> data(2 * 10, 0.0f);
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<float>(i);
+  const tensor_view<const float, 3> ten(data.data(), {10, 2, 1});
+  cache.append(0, ten, ten);
+  cache.append(1, ten, ten);
+  CHECK(cache.view(0).merged_keys == nullptr);  // no marks: the kernels skip the table
+  CHECK(cache.merged(0, 1).slot == -1);
+
+  cache.set_merged(0, 1, {6, 12.0f});
+  const attnkit::paged_kv_view<const float> view = cache.view(0);
+  REQUIRE(view.merged_keys != nullptr);
+  CHECK(view.merged(0).slot == -1);
+  CHECK(view.merged(1).slot == 6);
+  CHECK(view.merged(1).count == 12.0f);
+  CHECK(cache.view(1).merged_keys == nullptr);  // per layer
+
+  // retain renumbers the mark with its slot and drops it with its slot.
+  cache.retain(0, 1, std::vector<index_t>{0, 2, 6, 9});
+  CHECK(cache.merged(0, 1).slot == 2);
+  CHECK(cache.merged(0, 1).count == 12.0f);
+  CHECK(cache.view(0).key(1, 2)[0] == data[6 * 2 + 1]);
+  cache.retain(0, 0, std::vector<index_t>{1, 2});  // another head: unchanged
+  CHECK(cache.merged(0, 1).slot == 2);
+  // Appends leave it; evict counts the evicted slots before it.
+  cache.append(0, ten, ten);
+  cache.evict(0, 1, std::vector<index_t>{0, 1, 5});
+  CHECK(cache.merged(0, 1).slot == 0);
+  CHECK(cache.view(0).key(1, 0)[0] == data[6 * 2 + 1]);
+  cache.evict(0, 1, std::vector<index_t>{0});
+  CHECK(cache.merged(0, 1).slot == -1);
+  CHECK(cache.view(0).merged_keys == nullptr);
+
+  cache.set_merged(1, 0, {9, 2.5f});
+  cache.set_merged(1, 1, {0, 3.0f});
+  cache.retain(1, 0, std::vector<index_t>{0, 1});
+  CHECK(cache.merged(1, 0).slot == -1);
+  CHECK(cache.view(1).merged_keys != nullptr);  // head 1 still has one
+  cache.set_merged(1, 1, {-1, 1.0f});
+  CHECK(cache.view(1).merged_keys == nullptr);
+  cache.set_merged(1, 1, {3, 4.0f});
+  cache.clear();
+  CHECK(cache.merged(1, 1).slot == -1);
+  CHECK(cache.view(1).merged_keys == nullptr);
+
+  // Errors name the argument and change nothing.
+  cache.append(0, ten, ten);
+  cache.set_merged(0, 0, {4, 2.0f});
+  CHECK_THROWS_WITH(cache.set_merged(0, 0, {10, 2.0f}),
+                    Contains("attnkit::kv_cache::set_merged: key.slot is 10 but head 0 of layer 0 "
+                             "holds 10 tokens"));
+  CHECK_THROWS_WITH(cache.set_merged(0, 0, {-2, 2.0f}), Contains("key.slot is -2"));
+  CHECK_THROWS_WITH(cache.set_merged(0, 0, {1, 0.0f}),
+                    Contains("key.count is 0, it must be finite and > 0"));
+  CHECK_THROWS_WITH(cache.set_merged(0, 0, {1, std::numeric_limits<float>::quiet_NaN()}),
+                    Contains("key.count is nan"));
+  CHECK_THROWS_WITH(cache.set_merged(0, 2, {1, 2.0f}), Contains("head is 2"));
+  CHECK_THROWS_WITH(cache.merged(2, 0), Contains("layer is 2"));
+  CHECK(cache.merged(0, 0).slot == 4);
+  CHECK(cache.merged(0, 0).count == 2.0f);
+}
+
 TEST_CASE("kv_cache: move keeps the pages, the moved-from cache holds none", "[kv_cache]") {
   auto pool = std::make_shared<kv_page_pool<float>>(kv_page_pool_config{8, 2, 1});
   std::vector<float> data(6, 1.0f);

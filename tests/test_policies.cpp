@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -376,14 +377,14 @@ TEST_CASE("RazorAttention's compensation token is the mean of the evicted entrie
     CHECK(std::abs(token.value[static_cast<std::size_t>(i)] - v) <= tolerance * std::abs(v));
   }
 
-  // Applied: head 1 holds the 5 kept tokens and the token at slot 5; the policy knows it.
+  // Applied: head 1 holds the 5 kept tokens and the token at slot 5, marked as merged.
   attnkit::compress(cache, 0, policy, budget::tokens(6), keep);
   CHECK(cache.length(0, 0) == 16);
   CHECK(cache.length(0, 1) == 6);
   CHECK(positions_of(cache, 0, 1) == std::vector<position>{0, 1, 13, 14, 15, 7});
-  CHECK(policy.compensation_slot(0, 1) == 5);
-  CHECK(policy.compensation_count(0, 1) == 11);
-  CHECK(policy.compensation_slot(0, 0) == -1);
+  CHECK(cache.merged(0, 1).slot == 5);
+  CHECK(cache.merged(0, 1).count == 11.0f);
+  CHECK(cache.merged(0, 0).slot == -1);
   for (index_t i = 0; i < d; ++i)
     CHECK(cache.view(0).key(1, 5)[i] == token.key[static_cast<std::size_t>(i)]);
 
@@ -404,8 +405,8 @@ TEST_CASE("RazorAttention's compensation token is the mean of the evicted entrie
   CHECK(positions_of(cache, 0, 1)[2] == 17);
   CHECK(positions_of(cache, 0, 1)[4] == 19);
   CHECK(cache.length(0, 1) == 6);
-  CHECK(policy.compensation_slot(0, 1) == 5);
-  CHECK(policy.compensation_count(0, 1) == 15);
+  CHECK(cache.merged(0, 1).slot == 5);
+  CHECK(cache.merged(0, 1).count == 15.0f);
   // The float cache rounded the first token once (2^-24 relative); the merge adds one rounding.
   const double merged_tolerance = 3 * 0x1p-24;
   for (index_t i = 0; i < d; ++i) {
@@ -415,14 +416,14 @@ TEST_CASE("RazorAttention's compensation token is the mean of the evicted entrie
   }
   CHECK(cache.position_of(0, 1, 5) == 9);  // floor(mean of 2 .. 16)
 
-  // A budget that covers the head keeps everything, token included, and tracks its slot.
+  // A budget that covers the head keeps everything, token and mark included.
   attnkit::compress(cache, 0, policy, budget::tokens(100), keep);
-  CHECK(policy.compensation_slot(0, 1) == 5);
+  CHECK(cache.merged(0, 1).slot == 5);
   // Budget 1: nothing but the token (sinks shrink to budget - 1 = 0).
   attnkit::compress(cache, 0, policy, budget::tokens(1), keep);
   CHECK(cache.length(0, 1) == 1);
-  CHECK(policy.compensation_slot(0, 1) == 0);
-  CHECK(policy.compensation_count(0, 1) == 20);
+  CHECK(cache.merged(0, 1).slot == 0);
+  CHECK(cache.merged(0, 1).count == 20.0f);
 }
 
 TEST_CASE("head_table: the text format, and strict errors", "[policies]") {
@@ -496,6 +497,25 @@ TEST_CASE("invalid budgets, tables and shapes throw with the cache unchanged", "
   attnkit::razor_policy razor(one_layer);
   CHECK_THROWS_WITH(attnkit::compress(cache, 1, razor, budget::tokens(4), keep),
                     Catch::Contains("layer_index is 1 but the head table has 1 layers"));
+  // A cache type that cannot mark a merged key cannot take a compensation token.
+  struct cache_without_marks {
+    attnkit::kv_cache<float>& cache;
+    attnkit::paged_kv_view<const float> view(index_t layer) const { return cache.view(layer); }
+    index_t length(index_t layer, index_t head) const { return cache.length(layer, head); }
+    void retain(index_t layer, index_t head, std::span<const index_t> slots) {
+      cache.retain(layer, head, slots);
+    }
+    void append_token(index_t layer, index_t head, std::span<const float> key,
+                      std::span<const float> value, position pos) {
+      cache.append_token(layer, head, key, value, pos);
+    }
+  };
+  cache_without_marks unmarked{cache};
+  CHECK_THROWS_WITH(attnkit::compress(unmarked, 0, razor, budget::tokens(4), keep),
+                    Catch::Contains("attnkit::compress: the policy folded head 0's dropped tokens "
+                                    "into a compensation token, but the cache type has no "
+                                    "set_merged(layer, head, merged_key) to weight it by the 9 "
+                                    "tokens it stands for"));
 
   // A policy of the caller's that returns slots out of order or out of range.
   struct broken_policy {

@@ -194,6 +194,22 @@ index_t check_paged_kv_view(const char* function, const paged_kv_view<TKV>& kv) 
   return longest;
 }
 
+// Each head's merged key (core/paged_kv_view.hpp), when the view has them: a slot the head holds,
+// or -1, with a finite count > 0.
+template <class TKV>
+void check_merged_keys(const char* function, const paged_kv_view<TKV>& kv) {
+  if (kv.merged_keys == nullptr) return;
+  for (index_t h = 0; h < kv.kv_heads; ++h) {
+    const merged_key key = kv.merged_keys[h];
+    if (key.slot == -1) continue;
+    require(key.slot >= 0 && key.slot < kv.lengths[h], function, ": kv.merged_keys[", h,
+            "].slot is ", key.slot, " but head ", h, " holds ", kv.lengths[h],
+            " slots (-1: no merged key)");
+    require(std::isfinite(key.count) && key.count > 0.0f, function, ": kv.merged_keys[", h,
+            "].count is ", key.count, ", it must be finite and > 0");
+  }
+}
+
 // A paged cache layer in device memory: the fields and pointers only (the lengths and page table
 // stay unread; the device kernels clamp each length to the page-table row). Returns the capacity
 // of a head, page_table_stride · page_size, which stands in for the longest head.
@@ -239,6 +255,13 @@ attention_params check_paged_attention_arguments(const char* function, const ten
 
   p.kv_tokens = memory == argument_memory::host ? check_paged_kv_view(function, kv)
                                                 : check_device_paged_kv_view(function, kv);
+  if (memory == argument_memory::host) {
+    check_merged_keys(function, kv);
+    p.merged_keys = kv.merged_keys;
+  } else {
+    require(kv.merged_keys == nullptr, function,
+            ": kv.merged_keys is set, but this backend does not weight merged keys yet");
+  }
   check_attention_options(function, options, p, memory);
   return p;
 }

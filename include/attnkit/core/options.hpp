@@ -10,6 +10,8 @@
 
 namespace attnkit {
 
+struct merged_key;  // core/paged_kv_view.hpp
+
 // Logits are  s = scale · q·k,  then  s = softcap · tanh(s / softcap)  when softcap > 0 (Gemma 2,
 // Grok), then  s += -slope[h] · |q_pos - kv_pos|  when ALiBi slopes are given (the
 // FlashAttention convention; for causal attention it equals slope · (kv_pos - q_pos)).
@@ -46,6 +48,9 @@ struct attention_params {
   index_t alibi_stride = 1;
   tensor_view<float, 2> log_sum_exp{};  // empty when not requested
   attention_observer observer{};
+  // A paged cache's merged keys ([kv_heads], core/paged_kv_view.hpp), validated; null: none.
+  // Their slot's logit gains ln(count), after softcap and ALiBi.
+  const merged_key* merged_keys = nullptr;
 
   // The observed rows are query tokens [observed_first_token, q_tokens).
   constexpr index_t observed_first_token() const noexcept {
@@ -58,6 +63,7 @@ struct attention_params {
   // Absolute position of query row i under bottom-right alignment (FlashAttention's
   // convention): the last query sits at the last key, so decode (one query) sees the cache.
   constexpr index_t query_position(index_t i) const noexcept { return kv_tokens - q_tokens + i; }
+  // Softcap or ALiBi: logits the kernels must see in natural units before the base-2 softmax.
   constexpr bool has_logit_transform() const noexcept {
     return softcap > 0.0f || alibi_slopes != nullptr;
   }

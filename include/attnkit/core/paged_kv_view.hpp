@@ -22,6 +22,12 @@
 // of its KV head (bottom-right aligned per head). `positions`, when present, records the original
 // token position of each slot (what RoPE-aware engines and eviction policies need); kernels do not
 // read it.
+//
+// Merged keys: `merged_keys`, when present, names for each KV head at most one slot that stands
+// for several tokens — RazorAttention's compensation token, the mean of the keys and values a head
+// dropped. The kernels weight that slot's softmax term by its count, exp(s)·count, i.e. its logit
+// (after softcap and ALiBi) gains ln(count): attending to it is exactly attending to `count`
+// copies of it (the paper's equation 5). kv_cache<T> keeps the entries in step with its slots.
 #pragma once
 
 #include <cstdint>
@@ -33,6 +39,12 @@
 namespace attnkit {
 
 using page_id = std::int32_t;
+
+// One KV head's merged key: slot `slot` stands for `count` tokens (finite, > 0). slot -1: none.
+struct merged_key {
+  index_t slot = -1;
+  float count = 1.0f;
+};
 
 template <class T>  // float, half or bfloat16, usually const
 struct paged_kv_view {
@@ -48,14 +60,16 @@ struct paged_kv_view {
   index_t row_stride = 0;         // elements between consecutive slots of one page
   index_t page_stride = 0;        // elements between consecutive pages of the pool
   index_t head_stride = 0;        // elements added per KV head inside a page (0: per-head pages)
+  const merged_key* merged_keys = nullptr;  // optional [kv_heads] (see above); null: none
 
   // A view of T reads as a view of const T (what the kernels take).
   // (A template, so that paged_kv_view<const T> has no conversion to its own type.)
   template <class U = T>
   requires(!std::is_const_v<U>) constexpr operator paged_kv_view<const U>()
       const noexcept {  // NOLINT: implicit on purpose
-    return {keys,     values,    positions,         page_table, lengths,     kv_heads,
-            head_dim, page_size, page_table_stride, row_stride, page_stride, head_stride};
+    return {keys,        values,      positions,  page_table,        lengths,
+            kv_heads,    head_dim,    page_size,  page_table_stride, row_stride,
+            page_stride, head_stride, merged_keys};
   }
 
   ATTNKIT_HOST_DEVICE constexpr index_t length(index_t head) const noexcept {
@@ -67,6 +81,11 @@ struct paged_kv_view {
     index_t longest = 0;
     for (index_t h = 0; h < kv_heads; ++h) longest = lengths[h] > longest ? lengths[h] : longest;
     return longest;
+  }
+
+  // The head's merged key, or {-1, 1} when it has none.
+  ATTNKIT_HOST_DEVICE constexpr merged_key merged(index_t head) const noexcept {
+    return merged_keys != nullptr ? merged_keys[head] : merged_key{};
   }
 
   ATTNKIT_HOST_DEVICE constexpr page_id page_of(index_t head, index_t slot) const noexcept {

@@ -23,6 +23,11 @@
 //   cache (append, retain, evict, compact, clear, assignment, destruction); other caches on the
 //   same pool never invalidate it.
 //
+// Merged keys: a head may mark one slot as standing for several tokens (set_merged;
+// RazorAttention's compensation token, which compress() appends and marks). The view carries the
+// marks and the kernels weight that slot's softmax term by its count (core/paged_kv_view.hpp).
+// retain() and evict() move the mark with its slot and drop it with the slot; appends leave it.
+//
 // Positions: each head records the original position of every token (RoPE-aware engines and
 // policies need them; kernels do not read them). append() without positions continues each head
 // from its next position: one past the largest position appended to that head so far — for the
@@ -39,6 +44,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstring>
 #include <limits>
@@ -177,7 +183,28 @@ class kv_cache {
     v.row_stride = config_.head_dim;
     v.page_stride = pool_->page_stride();
     v.head_stride = 0;
+    v.merged_keys = state.merged_heads > 0 ? state.merged.data() : nullptr;
     return v;
+  }
+
+  // The head's merged key ({-1, 1}: none).
+  merged_key merged(index_t layer, index_t head) const {
+    check_head("attnkit::kv_cache::merged", layer, head);
+    return layers_[static_cast<std::size_t>(layer)].merged[static_cast<std::size_t>(head)];
+  }
+
+  // Marks slot key.slot of a head as standing for key.count tokens (finite, > 0), replacing the
+  // head's previous mark; key.slot = -1 removes it.
+  void set_merged(index_t layer, index_t head, merged_key key) {
+    constexpr const char* fn = "attnkit::kv_cache::set_merged";
+    check_head(fn, layer, head);
+    const index_t n = length_of(layer, head);
+    detail::require(key.slot >= -1 && key.slot < n, fn, ": key.slot is ", key.slot, " but head ",
+                    head, " of layer ", layer, " holds ", n, " tokens (-1: no merged key)");
+    detail::require(key.slot == -1 || (std::isfinite(key.count) && key.count > 0.0f), fn,
+                    ": key.count is ", key.count, ", it must be finite and > 0");
+    mark_merged(layers_[static_cast<std::size_t>(layer)], head,
+                key.slot == -1 ? merged_key{} : key);
   }
 
   // Appends tokens [tokens, kv_heads, head_dim] (float, half or bfloat16, any strides; converted
@@ -269,6 +296,15 @@ class kv_cache {
     while (i < kept && keep_slots[static_cast<std::size_t>(i)] == i) ++i;  // already in place
     for (; i < kept; ++i) move_row(layer, head, keep_slots[static_cast<std::size_t>(i)], i);
     shrink_head(layer, head, kept);
+    layer_state& state = layers_[static_cast<std::size_t>(layer)];
+    merged_key mark = state.merged[static_cast<std::size_t>(head)];
+    if (mark.slot >= 0) {
+      const auto found = std::lower_bound(keep_slots.begin(), keep_slots.end(), mark.slot);
+      const bool kept_it = found != keep_slots.end() && *found == mark.slot;
+      mark = kept_it ? merged_key{static_cast<index_t>(found - keep_slots.begin()), mark.count}
+                     : merged_key{};
+      mark_merged(state, head, mark);
+    }
   }
 
   // The complement: evicts the given slots (ascending, unique, each < length), keeps the rest.
@@ -288,6 +324,16 @@ class kv_cache {
       move_row(layer, head, source, destination++);
     }
     shrink_head(layer, head, destination);
+    layer_state& state = layers_[static_cast<std::size_t>(layer)];
+    merged_key mark = state.merged[static_cast<std::size_t>(head)];
+    if (mark.slot >= 0) {
+      const auto after = std::lower_bound(slots.begin(), slots.end(), mark.slot);
+      const bool evicted_it = after != slots.end() && *after == mark.slot;
+      mark = evicted_it
+                 ? merged_key{}
+                 : merged_key{mark.slot - static_cast<index_t>(after - slots.begin()), mark.count};
+      mark_merged(state, head, mark);
+    }
   }
 
   // Token storage never needs compacting here: retain() and evict() compact eagerly, so every
@@ -323,7 +369,8 @@ class kv_cache {
     std::size_t bytes = 0;
     for (const layer_state& state : layers_)
       bytes += state.page_table.capacity() * sizeof(page_id) +
-               (state.lengths.capacity() + state.next_positions.capacity()) * sizeof(index_t);
+               (state.lengths.capacity() + state.next_positions.capacity()) * sizeof(index_t) +
+               state.merged.capacity() * sizeof(merged_key);
     return bytes;
   }
 
@@ -334,6 +381,8 @@ class kv_cache {
     for (layer_state& state : layers_) {
       std::fill(state.lengths.begin(), state.lengths.end(), 0);
       std::fill(state.next_positions.begin(), state.next_positions.end(), 0);
+      std::fill(state.merged.begin(), state.merged.end(), merged_key{});
+      state.merged_heads = 0;
     }
   }
 
@@ -342,8 +391,16 @@ class kv_cache {
     std::vector<page_id> page_table;       // [kv_heads, stride]; entries past a head's pages: -1
     std::vector<index_t> lengths;          // [kv_heads]
     std::vector<position> next_positions;  // [kv_heads]
+    std::vector<merged_key> merged;        // [kv_heads]
+    index_t merged_heads = 0;              // 0: view() passes no table, kernels skip it
     index_t stride = 0;                    // page-table entries per head
   };
+
+  static void mark_merged(layer_state& state, index_t head, merged_key key) noexcept {
+    merged_key& mark = state.merged[static_cast<std::size_t>(head)];
+    state.merged_heads += (key.slot >= 0) - (mark.slot >= 0);
+    mark = key;
+  }
 
   kv_cache(const kv_cache_config& config, std::shared_ptr<pool_type> pool, const char* fn)
       : config_(config), pool_(std::move(pool)) {
@@ -357,6 +414,7 @@ class kv_cache {
     for (layer_state& state : layers_) {
       state.lengths.assign(static_cast<std::size_t>(config_.kv_heads), 0);
       state.next_positions.assign(static_cast<std::size_t>(config_.kv_heads), 0);
+      state.merged.assign(static_cast<std::size_t>(config_.kv_heads), merged_key{});
     }
   }
 

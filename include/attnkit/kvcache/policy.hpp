@@ -15,12 +15,12 @@
 //   `options.observer = policy.observer(layer);` before the layer's attention call
 //   (core/observer.hpp). The observer is a member of the policy, so it outlives the call.
 // * Slots are renumbered when a selection is applied (the cache compacts: kept slot keep[i]
-//   becomes slot i). A policy that keeps per-slot state (accumulated attention mass, the slot of
-//   a compensation token) renumbers it in on_retained(layer, keep), which attnkit::compress calls
-//   right after it applied `keep` (kvcache/compress.hpp). A separate hook rather than a select()
-//   that assumes its result will be applied: select stays side-effect free, an aborted
-//   compression leaves the policy consistent, and a caller that applies a keep list by hand
-//   calls on_retained itself.
+//   becomes slot i). A policy that keeps per-slot state (accumulated attention mass) renumbers it
+//   in on_retained(layer, keep), which attnkit::compress calls right after it applied `keep`
+//   (kvcache/compress.hpp). A separate hook rather than a select() that assumes its result will
+//   be applied: select stays side-effect free, an aborted compression leaves the policy
+//   consistent, and a caller that applies a keep list by hand calls on_retained itself. (A
+//   compensation token's slot and count are the cache's to keep: kv_cache::set_merged.)
 //
 // Budgets: tokens per head (uniform), per-head token counts (AdaKV-style allocations computed
 // elsewhere), or a compression ratio (the fraction of each head's tokens removed, as kvpress
@@ -252,6 +252,8 @@ class keep_list {
                         function, ": head ", h, "'s compensation token has ", c.key.size(),
                         " key and ", c.value.size(), " value elements but head_dim is ",
                         layer.head_dim);
+        detail::require(c.count >= 1, function, ": head ", h, "'s compensation token stands for ",
+                        c.count, " tokens, it must be >= 1");
       }
     }
   }

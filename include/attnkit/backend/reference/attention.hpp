@@ -69,6 +69,10 @@ void reference_attention(tensor_view<const TQ, 3> q, tensor_view<TO, 3> out, con
     std::vector<double> acc(static_cast<std::size_t>(d));
     std::vector<float> probabilities(static_cast<std::size_t>(kv_tokens));
     std::vector<double> query(static_cast<std::size_t>(d));
+    // A merged key stands for `count` tokens: exp(s)·count, i.e. s + ln(count).
+    const index_t merged_slot = p.merged_keys != nullptr ? p.merged_keys[kv_h].slot : -1;
+    const double merged_log_count =
+        merged_slot >= 0 ? std::log(double(p.merged_keys[kv_h].count)) : 0.0;
     for (index_t h = kv_h * p.group_size; h < (kv_h + 1) * p.group_size; ++h) {
       for (index_t i = 0; i < p.q_tokens; ++i) {
         const position q_pos = kv_tokens - p.q_tokens + i;
@@ -88,6 +92,7 @@ void reference_attention(tensor_view<const TQ, 3> q, tensor_view<TO, 3> out, con
               const double slope = p.alibi_slopes[h * p.alibi_stride];
               s -= slope * std::fabs(double(q_pos - j));
             }
+            if (j == merged_slot) s += merged_log_count;
             if (s > row_max) row_max = s;
           }
           logits[static_cast<std::size_t>(j)] = s;

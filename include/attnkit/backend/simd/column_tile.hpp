@@ -123,6 +123,9 @@ void column_tile(const tile_context<TKV>& ctx, const tile_job& job, const float*
         ctx.mask_row(ctx.mask, p.query_position(job.token_begin + r / group),
                      first_head + r % group, {j0, j0 + keys}, st + r, rp);
     }
+    float log2_count;
+    if (const index_t c = merged_column(p, head, j0, keys, log2_count); c >= 0)
+      for (index_t r = 0; r < rows; ++r) st[c * rp + r] += log2_count;
 
     // Online softmax, all rows at once: new maximum, rescale factor, exponentials and sums.
     for (index_t r = 0; r < rp; r += width) {

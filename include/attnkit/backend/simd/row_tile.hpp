@@ -449,6 +449,9 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
       }
       if (job.spans[span].kind == tile_kind::partial)
         ctx.mask_row(ctx.mask, q_pos, head, {j0, j0 + keys}, row, 1);
+      float log2_count;
+      if (const index_t c = merged_column(p, head / group, j0, keys, log2_count); c >= 0)
+        row[c] += log2_count;
       for (index_t j = keys; j < padded_keys; ++j) row[j] = minus_infinity;
 
       batch block_max(minus_infinity);

@@ -197,6 +197,18 @@ inline float query_multiplier(const attention_params& p) {
   return p.has_logit_transform() ? p.scale : p.scale * log2e;
 }
 
+// A merged key (core/paged_kv_view.hpp) stands for `count` tokens, so its base-2 logit gains
+// log2(count), after the transform and the mask. Returns the column of the key block
+// [j0, j0 + keys) that holds KV head kv_head's merged key, or -1; then log2_count is unset.
+inline index_t merged_column(const attention_params& p, index_t kv_head, index_t j0, index_t keys,
+                             float& log2_count) noexcept {
+  if (p.merged_keys == nullptr) return -1;
+  const merged_key key = p.merged_keys[kv_head];
+  if (key.slot < j0 || key.slot >= j0 + keys) return -1;
+  log2_count = std::log2(key.count);
+  return key.slot - j0;
+}
+
 // softcap and ALiBi on a vector of natural-unit logits, then the conversion to base 2.
 template <class A>
 ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> transform_logits(const attention_params& p,

@@ -15,16 +15,15 @@
 // ignore the budget.
 //
 // The compensation token is appended after the kept tokens (compress() does it), at the slot
-// keep.kept(h); its position is the mean position of the tokens it stands for. Later
-// compressions merge it with the newly dropped tokens, weighted by the count it already stands
-// for, so it stays the mean of every token the head ever dropped; the policy remembers its slot
-// and count per (layer, head) through on_retained().
-//
-// What attnkit's kernels do not do (yet): the paper's equation 5 weights the compensation token
-// by N_d in the softmax, exp(q·k̂)·N_d, i.e. a logit bias of ln N_d on that one slot. The kernels
-// have no per-key bias, so attending over the compressed cache weights it like one token. The
-// count is in compensation_token::count and compensation_count(layer, head) for an engine or a
-// later kernel that applies the bias.
+// keep.kept(h), and marked as the head's merged key with count N_d (kv_cache::set_merged); its
+// position is the mean position of the tokens it stands for. The paper's equation 5 weights it by
+// N_d in the softmax, exp(q·k̂)·N_d: the kernels do exactly that for a merged key (a logit bias of
+// ln N_d on that one slot, core/paged_kv_view.hpp), so attending to it is attending to N_d copies
+// of the mean token. Later compressions read the mark from the view and merge the token with the
+// newly dropped ones, weighted by the count it already stands for, so it stays the mean of every
+// token the head ever dropped. The policy itself holds no per-slot state: the cache keeps the
+// mark in step with its slots. (A view without merged keys — an engine's own cache that does not
+// keep them — makes an earlier compensation token count as one ordinary token.)
 #pragma once
 
 #include <algorithm>
@@ -50,18 +49,10 @@ struct razor_options {
 class razor_policy {
  public:
   explicit razor_policy(head_table heads, razor_options options = {})
-      : heads_(std::move(heads)), options_(checked(options)) {
-    const auto n = static_cast<std::size_t>(heads_.layers() * heads_.kv_heads());
-    slot_.assign(n, -1);
-    count_.assign(n, 0);
-  }
+      : heads_(std::move(heads)), options_(checked(options)) {}
 
   const head_table& heads() const noexcept { return heads_; }
   const razor_options& options() const noexcept { return options_; }
-
-  // Where the head's compensation token sits (-1: none) and how many tokens it stands for.
-  index_t compensation_slot(index_t layer, index_t head) const { return slot_[at(layer, head)]; }
-  index_t compensation_count(index_t layer, index_t head) const { return count_[at(layer, head)]; }
 
   template <class T>
   void select(const paged_kv_view<const T>& layer, index_t layer_index, const budget& b,
@@ -70,46 +61,23 @@ class razor_policy {
     b.check(fn, layer.kv_heads);
     heads_.check(fn, layer_index, layer.kv_heads);
     for (index_t h = 0; h < layer.kv_heads; ++h) {
-      const index_t old = slot_[at(layer_index, h)];
-      detail::require(old < layer.length(h), fn, ": layer ", layer_index, " head ", h,
-                      "'s compensation token was recorded at slot ", old, " but the head holds ",
-                      layer.length(h), " tokens (was a keep list applied without on_retained?)");
+      const merged_key old = layer.merged(h);
+      detail::require(old.slot >= -1 && old.slot < layer.length(h), fn, ": layer ", layer_index,
+                      " head ", h, "'s merged key is at slot ", old.slot, " but the head holds ",
+                      layer.length(h), " tokens");
     }
     detail::keep_retrieval_heads_whole(heads_, layer, layer_index, keep, [&](index_t h, index_t n) {
-      select_streaming_head(layer, layer_index, h, b.keep_count(h, n), keep);
+      select_streaming_head(layer, h, b.keep_count(h, n), keep);
     });
-  }
-
-  void on_retained(index_t layer_index, const keep_list& keep) {
-    for (index_t h = 0; h < keep.kv_heads(); ++h) {
-      const std::size_t i = at(layer_index, h);
-      if (keep.has_compensation(h)) {
-        slot_[i] = keep.kept(h);
-        count_[i] = keep.compensation(h).count;
-      } else if (slot_[i] >= 0) {
-        const std::span<const index_t> slots = keep.slots(h);
-        const auto found = std::lower_bound(slots.begin(), slots.end(), slot_[i]);
-        if (found != slots.end() && *found == slot_[i]) {
-          slot_[i] = static_cast<index_t>(found - slots.begin());
-        } else {
-          slot_[i] = -1;
-          count_[i] = 0;
-        }
-      }
-    }
-  }
-
-  void reset() {
-    std::fill(slot_.begin(), slot_.end(), -1);
-    std::fill(count_.begin(), count_.end(), 0);
   }
 
  private:
   template <class T>
-  void select_streaming_head(const paged_kv_view<const T>& layer, index_t layer_index, index_t head,
-                             index_t count, keep_list& keep) {
+  void select_streaming_head(const paged_kv_view<const T>& layer, index_t head, index_t count,
+                             keep_list& keep) {
     const index_t n = layer.length(head);
-    const index_t old = slot_[at(layer_index, head)];
+    const merged_key old_key = layer.merged(head);
+    const index_t old = old_key.slot;
     if (count >= n) {
       keep.keep_range(head, 0, n);
       return;
@@ -147,7 +115,8 @@ class razor_policy {
     for (index_t r = dropped_begin; r < dropped_end; ++r) add(slot_of(r), 1.0);
     index_t total = dropped_end - dropped_begin;
     if (old >= 0) {
-      const index_t old_count = std::max<index_t>(1, count_[at(layer_index, head)]);
+      // Counts are whole numbers of tokens when this policy made them; round any other weight.
+      const auto old_count = std::max<index_t>(1, std::llround(old_key.count));
       add(old, static_cast<double>(old_count));
       total += old_count;
     }
@@ -161,10 +130,6 @@ class razor_policy {
     token.count = total;
   }
 
-  std::size_t at(index_t layer, index_t head) const noexcept {
-    return static_cast<std::size_t>(layer * heads_.kv_heads() + head);
-  }
-
   static razor_options checked(const razor_options& o) {
     detail::require(o.sinks >= 0, "attnkit::razor_policy: sinks is ", o.sinks, ", it must be >= 0");
     detail::require(o.min_window >= 0, "attnkit::razor_policy: min_window is ", o.min_window,
@@ -174,8 +139,6 @@ class razor_policy {
 
   head_table heads_;
   razor_options options_;
-  std::vector<index_t> slot_;   // [layers · kv_heads]: the compensation token's slot, or -1
-  std::vector<index_t> count_;  // tokens it stands for
   std::vector<double> key_sum_;
   std::vector<double> value_sum_;
 };
