@@ -215,12 +215,9 @@ void bm_batch(benchmark::State& state, bool batched, index_t sequences, index_t 
                                thread_pool);
     } else {
       for (index_t i = 0; i < sequences; ++i)
-        attnkit::attention(attnkit::cpu,
-                           attnkit::tensor_view<const float, 3>(q.data() + i * q_heads * head_dim,
-                                                                {1, q_heads, head_dim}),
+        attnkit::attention(attnkit::cpu, q.cview(sequences, q_heads, head_dim).slice(i, i + 1),
                            views[std::size_t(i)],
-                           attnkit::tensor_view<float, 3>(out.data() + i * q_heads * head_dim,
-                                                          {1, q_heads, head_dim}),
+                           out.view(sequences, q_heads, head_dim).slice(i, i + 1),
                            attnkit::causal{}, {}, thread_pool);
     }
     benchmark::DoNotOptimize(out.data());

@@ -74,14 +74,12 @@ int main() {
   // rows, since the batch is exactly attention() per sequence.
   auto check_against_single_calls = [&] {
     std::vector<float> alone(out.size());
-    for (std::size_t i = 0; i < views.size(); ++i) {
-      const index_t rows = q_indptr[i + 1] - q_indptr[i];
-      const std::size_t offset = static_cast<std::size_t>(q_indptr[i] * q_heads * head_dim);
-      attnkit::attention(
-          attnkit::cpu, view3(q.data() + offset, {rows, q_heads, head_dim}), views[i],
-          attnkit::tensor_view<float, 3>(alone.data() + offset, {rows, q_heads, head_dim}),
-          attnkit::causal{});
-    }
+    const index_t tokens = q_indptr.back();
+    const view3 all_q(q.data(), {tokens, q_heads, head_dim});
+    const attnkit::tensor_view<float, 3> all_alone(alone.data(), {tokens, q_heads, head_dim});
+    for (std::size_t i = 0; i < views.size(); ++i)  // sequence i: rows q_indptr[i] .. [i + 1]
+      attnkit::attention(attnkit::cpu, all_q.slice(q_indptr[i], q_indptr[i + 1]), views[i],
+                         all_alone.slice(q_indptr[i], q_indptr[i + 1]), attnkit::causal{});
     double worst = 0.0;
     for (std::size_t j = 0; j < out.size(); ++j)
       worst = std::max(worst, static_cast<double>(std::fabs(out[j] - alone[j])));

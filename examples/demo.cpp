@@ -296,15 +296,11 @@ bool section_batch(const machine& m) {
   attnkit_bench::fill_zero(out);
   attnkit_bench::fill_kv_copies(k, v, kv_elems, copies);
   const auto kv_view = [&](const buffer<half>& b, std::size_t copy, index_t begin, index_t end) {
-    return attnkit::tensor_view<const half, 3>(b.data() + copy * kv_elems + begin * kv_heads * d,
-                                               {end - begin, kv_heads, d});
+    return attnkit::tensor_view<const half, 3>(b.data() + copy * kv_elems, {tokens, kv_heads, d})
+        .slice(begin, end);
   };
-  const auto q_rows = [&](index_t i) {
-    return attnkit::tensor_view<const float, 3>(q.data() + i * q_heads * d, {1, q_heads, d});
-  };
-  const auto out_rows = [&](index_t i) {
-    return attnkit::tensor_view<float, 3>(out.data() + i * q_heads * d, {1, q_heads, d});
-  };
+  const auto q_rows = [&](index_t i) { return q.cview(sequences, q_heads, d).slice(i, i + 1); };
+  const auto out_rows = [&](index_t i) { return out.view(sequences, q_heads, d).slice(i, i + 1); };
   const attnkit::batch_layout layout{.q_indptr = q_indptr, .kv_indptr = kv_indptr};
 
   bool ok = true;
@@ -335,12 +331,11 @@ bool section_batch(const machine& m) {
     // Every copy of K/V holds the same values, so the last run's rows check against copy 0.
     for (const index_t i : {index_t{0}, sequences - 1}) {
       const index_t begin = kv_indptr[std::size_t(i)], end = kv_indptr[std::size_t(i + 1)];
-      row.max_error =
-          std::max(row.max_error,
-                   max_error_vs_reference<float, half, float>(
-                       q_rows(i), kv_view(k, 0, begin, end), kv_view(v, 0, begin, end),
-                       attnkit::tensor_view<const float, 3>(out_rows(i).data(), {1, q_heads, d}),
-                       attnkit::causal{}, {0, kv_heads - 1}));
+      row.max_error = std::max(
+          row.max_error, max_error_vs_reference<float, half, float>(
+                             q_rows(i), kv_view(k, 0, begin, end), kv_view(v, 0, begin, end),
+                             out.cview(sequences, q_heads, d).slice(i, i + 1), attnkit::causal{},
+                             {0, kv_heads - 1}));
     }
     row.tolerance = tolerance_for<float>();
     ok &= print_row(row);

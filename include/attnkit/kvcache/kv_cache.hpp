@@ -183,7 +183,10 @@ class kv_cache {
     v.row_stride = config_.head_dim;
     v.page_stride = pool_->page_stride();
     v.head_stride = 0;
-    v.merged_keys = state.merged_heads > 0 ? state.merged.data() : nullptr;
+    // Without marks the view passes no table, and the kernels skip it.
+    const bool marked = std::any_of(state.merged.begin(), state.merged.end(),
+                                    [](const merged_key& key) { return key.slot >= 0; });
+    v.merged_keys = marked ? state.merged.data() : nullptr;
     return v;
   }
 
@@ -203,8 +206,8 @@ class kv_cache {
                     head, " of layer ", layer, " holds ", n, " tokens (-1: no merged key)");
     detail::require(key.slot == -1 || (std::isfinite(key.count) && key.count > 0.0f), fn,
                     ": key.count is ", key.count, ", it must be finite and > 0");
-    mark_merged(layers_[static_cast<std::size_t>(layer)], head,
-                key.slot == -1 ? merged_key{} : key);
+    layers_[static_cast<std::size_t>(layer)].merged[static_cast<std::size_t>(head)] =
+        key.slot == -1 ? merged_key{} : key;
   }
 
   // Appends tokens [tokens, kv_heads, head_dim] (float, half or bfloat16, any strides; converted
@@ -296,14 +299,13 @@ class kv_cache {
     while (i < kept && keep_slots[static_cast<std::size_t>(i)] == i) ++i;  // already in place
     for (; i < kept; ++i) move_row(layer, head, keep_slots[static_cast<std::size_t>(i)], i);
     shrink_head(layer, head, kept);
-    layer_state& state = layers_[static_cast<std::size_t>(layer)];
-    merged_key mark = state.merged[static_cast<std::size_t>(head)];
+    merged_key& mark =
+        layers_[static_cast<std::size_t>(layer)].merged[static_cast<std::size_t>(head)];
     if (mark.slot >= 0) {
       const auto found = std::lower_bound(keep_slots.begin(), keep_slots.end(), mark.slot);
       const bool kept_it = found != keep_slots.end() && *found == mark.slot;
       mark = kept_it ? merged_key{static_cast<index_t>(found - keep_slots.begin()), mark.count}
                      : merged_key{};
-      mark_merged(state, head, mark);
     }
   }
 
@@ -324,15 +326,14 @@ class kv_cache {
       move_row(layer, head, source, destination++);
     }
     shrink_head(layer, head, destination);
-    layer_state& state = layers_[static_cast<std::size_t>(layer)];
-    merged_key mark = state.merged[static_cast<std::size_t>(head)];
+    merged_key& mark =
+        layers_[static_cast<std::size_t>(layer)].merged[static_cast<std::size_t>(head)];
     if (mark.slot >= 0) {
       const auto after = std::lower_bound(slots.begin(), slots.end(), mark.slot);
       const bool evicted_it = after != slots.end() && *after == mark.slot;
       mark = evicted_it
                  ? merged_key{}
                  : merged_key{mark.slot - static_cast<index_t>(after - slots.begin()), mark.count};
-      mark_merged(state, head, mark);
     }
   }
 
@@ -382,7 +383,6 @@ class kv_cache {
       std::fill(state.lengths.begin(), state.lengths.end(), 0);
       std::fill(state.next_positions.begin(), state.next_positions.end(), 0);
       std::fill(state.merged.begin(), state.merged.end(), merged_key{});
-      state.merged_heads = 0;
     }
   }
 
@@ -392,15 +392,8 @@ class kv_cache {
     std::vector<index_t> lengths;          // [kv_heads]
     std::vector<position> next_positions;  // [kv_heads]
     std::vector<merged_key> merged;        // [kv_heads]
-    index_t merged_heads = 0;              // 0: view() passes no table, kernels skip it
     index_t stride = 0;                    // page-table entries per head
   };
-
-  static void mark_merged(layer_state& state, index_t head, merged_key key) noexcept {
-    merged_key& mark = state.merged[static_cast<std::size_t>(head)];
-    state.merged_heads += (key.slot >= 0) - (mark.slot >= 0);
-    mark = key;
-  }
 
   kv_cache(const kv_cache_config& config, std::shared_ptr<pool_type> pool, const char* fn)
       : config_(config), pool_(std::move(pool)) {
