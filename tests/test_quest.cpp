@@ -20,6 +20,10 @@
 //     the max over the group (and over query tokens), not the sum or the mean.
 //   * top_pages >= pages keeps every page, and block_sparse attention over it equals full
 //     attention; a sparse selection's block_sparse attention on the CPU matches the reference.
+//   * Merged keys: a paged update records the view's marks; the page holding one competes with
+//     its logit bound plus ln(count) under the options' scale and softcap, and both backends
+//     select what a brute-force ranking of those logit bounds selects (uniform and per-head
+//     lengths); merged_page::raise inverts the softcap to within 1e-9.
 //   * Invalid arguments throw attnkit::error with the right message and change nothing.
 #include <algorithm>
 #include <attnkit/attention/quest.hpp>
@@ -32,6 +36,7 @@
 #include <cstring>
 #include <iterator>
 #include <limits>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -934,4 +939,222 @@ TEMPLATE_TEST_CASE("quest: invalid arguments throw and change nothing", "[quest]
       CHECK(layout.shape().layouts == shape.layouts);
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Merged keys (core/paged_kv_view.hpp): a page holding a head's merged key competes with its
+// logit bound plus ln(count), under the attention call's scale and softcap.
+
+TEST_CASE("quest: merged_page::raise gives the U whose logit is the page's bound plus ln(count)",
+          "[quest][merged]") {
+  using attnkit::detail::merged_page;
+  const double infinity = std::numeric_limits<double>::infinity();
+  auto logit = [](const merged_page& m, double u) {
+    const double s = m.scale * u;
+    return m.softcap > 0.0 ? m.softcap * std::tanh(s / m.softcap) : s;
+  };
+  for (const merged_page base : {merged_page{2, 1.0, 0.125, 0.0}, merged_page{2, 1.0, 0.7, 0.0},
+                                 merged_page{2, 1.0, 0.5, 30.0}, merged_page{2, 1.0, 1.0, 8.0}})
+    for (const double count : {1.5, 7.0, 1000.0})
+      for (const double u : {-40.0, -3.0, 0.0, 0.5, 6.0}) {
+        merged_page m = base;
+        m.count = count;
+        const double raised = m.raise(u);
+        INFO("scale " << m.scale << " softcap " << m.softcap << " count " << count << " U " << u);
+        CHECK(raised > u);
+        if (std::isfinite(raised))  // fp64 round trip through tanh/atanh: 1e-9 of the logit
+          CHECK(std::fabs(logit(m, raised) - (logit(m, u) + std::log(count))) <= 1e-9);
+        else  // only when the weighted bound reaches the cap
+          CHECK(logit(m, u) + std::log(count) >= m.softcap);
+      }
+  merged_page m{3, 1.0, 0.5, 0.0};
+  CHECK(m.raise(2.0) == 2.0);  // count 1: nothing to add
+  m.count = 0.25;              // a fractional count lowers its own key only, not the page
+  CHECK(m.raise(2.0) == 2.0);
+  m.count = std::exp(1.0);
+  CHECK(m.raise(2.0) == Approx(4.0).epsilon(1e-15));
+  CHECK(m.raise(infinity) == infinity);
+  CHECK(m.raise(-infinity) == -infinity);  // no query rows: every page is -inf
+  CHECK(std::isnan(m.raise(std::numeric_limits<double>::quiet_NaN())));
+  m.softcap = 1.0;  // 1·tanh(1) + 1 >= 1: no finite U has that logit
+  CHECK(m.raise(2.0) == infinity);
+  m.softcap = 0.0;
+  m.scale = 0.0;  // every logit is 0 but the merged key's, ln(count) > 0
+  CHECK(m.raise(-5.0) == infinity);
+}
+
+namespace {
+
+struct logit_config {
+  std::optional<float> scale;
+  float softcap = 0.0f;
+};
+
+// The pages the definition keeps for KV head kv_h, in fp64 from the stored bounds: pages ranked by
+// their logit bound, the max over the query rows of softcap(scale·U), plus ln(count) for the page
+// of a merged key with count > 1 (unless ignore_marks); ties to the lower page; the last page
+// always; min(top, pages(kv_h)) in all.
+template <class B>
+std::vector<index_t> expected_pages(const page_bounds<B>& b, tensor_view<const float, 3> q,
+                                    index_t kv_h, index_t top, const logit_config& config,
+                                    bool ignore_marks = false) {
+  const index_t pages = b.pages(kv_h);
+  const index_t group = q.extent(1) / b.kv_heads();
+  const double scale = config.scale ? *config.scale : 1.0 / std::sqrt(double(b.head_dim()));
+  const attnkit::merged_key mark = b.merged(kv_h);
+  std::vector<double> logit(static_cast<std::size_t>(pages),
+                            -std::numeric_limits<double>::infinity());
+  for (index_t p = 0; p < pages; ++p)
+    for (index_t t = 0; t < q.extent(0); ++t)
+      for (index_t g = 0; g < group; ++g) {
+        double u, magnitude;
+        bound64(b, q, t, kv_h * group + g, kv_h, p, u, magnitude);
+        double s = scale * u;
+        if (config.softcap > 0.0f) s = config.softcap * std::tanh(s / config.softcap);
+        if (!ignore_marks && mark.slot >= 0 && mark.slot / b.page_size() == p && mark.count > 1.0f)
+          s += std::log(double(mark.count));
+        logit[static_cast<std::size_t>(p)] = std::max(logit[static_cast<std::size_t>(p)], s);
+      }
+  std::vector<index_t> order(static_cast<std::size_t>(pages - 1));
+  for (index_t i = 0; i < pages - 1; ++i) order[static_cast<std::size_t>(i)] = i;
+  std::stable_sort(order.begin(), order.end(), [&](index_t a, index_t c) {
+    return logit[static_cast<std::size_t>(a)] > logit[static_cast<std::size_t>(c)];
+  });
+  const index_t kept = std::min(top, pages);
+  std::vector<index_t> expected(order.begin(), order.begin() + (kept - 1));
+  expected.push_back(pages - 1);
+  std::sort(expected.begin(), expected.end());
+  return expected;
+}
+
+// Selects with both backends under every logit configuration and checks each head's pages against
+// expected_pages. Returns how many (configuration, top) cases the marks changed.
+template <class B>
+index_t check_merged_selection(const page_bounds<B>& b, tensor_view<const float, 3> q) {
+  index_t changed = 0;
+  for (const logit_config& config :
+       {logit_config{}, logit_config{0.6f, 0.0f}, logit_config{0.5f, 2.0f}}) {
+    attnkit::attention_options options;
+    options.scale = config.scale;
+    options.softcap = config.softcap;
+    for (const index_t top : {1, 2, 3, 5, 8, 15, 16}) {
+      block_layout fast, oracle;
+      attnkit::quest_select(attnkit::cpu, q, b, top, fast, options);
+      attnkit::quest_select(reference, q, b, top, oracle, options, attnkit::parallel::serial{});
+      for (index_t h = 0; h < b.kv_heads(); ++h) {
+        INFO("head " << h << " top " << top << " scale " << config.scale.value_or(-1.0f)
+                     << " softcap " << config.softcap);
+        const std::vector<index_t> expected = expected_pages(b, q, h, top, config);
+        CHECK(row_of(fast, h) == expected);
+        CHECK(row_of(oracle, h) == expected);
+        if (expected != expected_pages(b, q, h, top, config, true)) ++changed;
+      }
+    }
+  }
+  return changed;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("quest_select: a page holding a merged key competes with its weighted bound",
+                   "[quest][merged]", float, half, bfloat16) {
+  using B = TestType;
+  // 2 KV heads x 16 pages of 4 tokens, d 16, one query token of a group of 2. The marks sit in
+  // page 2 of head 0 and page 14 of head 1 (the last page, 15, is kept anyway).
+  const index_t page = 4, n = 64, kv_heads = 2, dim = 16;
+  attnkit::kv_cache<half> cache({.layers = 1,
+                                 .kv_heads = kv_heads,
+                                 .head_dim = dim,
+                                 .page_size = page,
+                                 .capacity_pages = 2 * kv_heads * n / page});
+  auto k = make_tensor3<half>(n, kv_heads, dim);
+  auto v = make_tensor3<half>(n, kv_heads, dim);
+  fill_normal(k, 201);
+  fill_normal(v, 202);
+  cache.append(0, k.cview(), v.cview());
+  auto q = make_tensor3<float>(1, 2 * kv_heads, dim);
+  fill_normal(q, 203);
+  page_bounds<B> b(page, kv_heads, dim, n);
+
+  SECTION("uniform heads") {
+    b.update(attnkit::cpu, cache.view(0));
+    CHECK_FALSE(b.has_merged_keys());
+    const index_t unmarked = check_merged_selection(b, q.cview());
+    CHECK(unmarked == 0);
+    index_t changed = 0;
+    for (const float count : {0.5f, 1.0f, 2.0f, 20.0f, 1e4f}) {
+      cache.set_merged(0, 0, {9, count});
+      cache.set_merged(0, 1, {58, count});
+      // first_slots = the lengths: no page is rebuilt, the marks are read again.
+      const std::vector<index_t> lengths(2, n);
+      b.update(attnkit::cpu, cache.view(0), lengths);
+      REQUIRE(b.has_merged_keys());
+      CHECK(b.merged(0).slot == 9);
+      CHECK(b.merged(1).slot == 58);
+      CHECK(b.merged(1).count == count);
+      const index_t c = check_merged_selection(b, q.cview());
+      if (count <= 1.0f) CHECK(c == 0);
+      changed += c;
+    }
+    // The weights must have moved some selections, or this test would not test them.
+    CHECK(changed >= 10);
+
+    // A contiguous update forgets the marks.
+    b.update(attnkit::cpu, tensor_view<const half, 3>(k.cview()));
+    CHECK_FALSE(b.has_merged_keys());
+    CHECK(b.merged(0).slot == -1);
+  }
+
+  SECTION("heads of different lengths (one selection per head)") {
+    std::vector<index_t> evicted;
+    for (index_t s = 0; s < 40; s += 2) evicted.push_back(s);  // head 1 keeps 44 slots, 11 pages
+    cache.evict(0, 1, evicted);
+    cache.set_merged(0, 0, {30, 50.0f});
+    cache.set_merged(0, 1, {5, 50.0f});
+    b.update(attnkit::cpu, cache.view(0));
+    REQUIRE_FALSE(b.uniform());
+    CHECK(b.pages(1) == 11);
+    CHECK(check_merged_selection(b, q.cview()) >= 4);
+  }
+}
+
+TEMPLATE_TEST_CASE("quest: merged keys that the view gets wrong throw and change nothing",
+                   "[quest][merged][errors]", float, half, bfloat16) {
+  using B = TestType;
+  attnkit::kv_cache<float> cache(
+      {.layers = 1, .kv_heads = 2, .head_dim = 16, .page_size = 4, .capacity_pages = 16});
+  auto k = make_tensor3<float>(20, 2, 16);
+  fill_normal(k, 211);
+  cache.append(0, k.cview(), k.cview());
+  page_bounds<B> b(4, 2, 16, 20);
+  cache.set_merged(0, 1, {3, 4.0f});
+  b.update(attnkit::cpu, cache.view(0));
+  const auto before = snapshot(b);
+  for (const attnkit::merged_key wrong : {attnkit::merged_key{20, 2.0f}, {-3, 2.0f}, {4, 0.0f}}) {
+    const attnkit::merged_key marks[2] = {{}, wrong};
+    auto view = cache.view(0);
+    view.merged_keys = marks;
+    expect_error([&] { b.update(attnkit::cpu, view); },
+                 {"attnkit::page_bounds::update", "kv.merged_keys[1]"});
+    CHECK(snapshot(b) == before);
+    CHECK(b.merged(1).slot == 3);
+  }
+  // The CUDA backend (attention and device_page_bounds) refuses marks instead of ignoring them;
+  // its argument check is host code, so it is tested here.
+  expect_error([&] { attnkit::detail::check_device_paged_kv_view("device call", cache.view(0)); },
+               {"device call", "kv.merged_keys is set", "does not weigh merged keys yet"});
+  auto q = make_tensor3<float>(1, 2, 16);
+  fill_normal(q, 212);
+  block_layout layout;
+  attnkit::quest_select(attnkit::cpu, q.cview(), b, 2, layout);
+  const std::vector<index_t> row = row_of(layout, 1);
+  attnkit::attention_options options;
+  options.scale = -1.0f;
+  expect_error([&] { attnkit::quest_select(attnkit::cpu, q.cview(), b, 2, layout, options); },
+               {"attnkit::quest_select", "scale is -1"});
+  options.scale = 0.5f;
+  options.softcap = std::numeric_limits<float>::quiet_NaN();
+  expect_error([&] { attnkit::quest_select(reference, q.cview(), b, 2, layout, options); },
+               {"attnkit::quest_select", "softcap is nan"});
+  CHECK(row_of(layout, 1) == row);
 }

@@ -65,15 +65,29 @@ void check_out_extents(const char* function, const tensor_view<TO, 3>& out, inde
 enum class argument_memory { host, device };
 
 // The options, for a call whose shape fields of `p` are set: resolves them into `p`.
-inline void check_attention_options(const char* function, const attention_options& options,
-                                    attention_params& p,
-                                    argument_memory memory = argument_memory::host) {
-  p.scale = options.scale ? *options.scale : 1.0f / std::sqrt(static_cast<float>(p.head_dim));
-  require(std::isfinite(p.scale) && p.scale >= 0.0f, function, ": scale is ", p.scale,
+// The logit scale (default 1/sqrt(head_dim)) and softcap of `options`, validated.
+struct logit_transform {
+  float scale = 1.0f;
+  float softcap = 0.0f;
+};
+
+inline logit_transform check_logit_transform(const char* function, const attention_options& options,
+                                             index_t head_dim) {
+  const float scale =
+      options.scale ? *options.scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
+  require(std::isfinite(scale) && scale >= 0.0f, function, ": scale is ", scale,
           ", it must be finite and non-negative");
   require(std::isfinite(options.softcap) && options.softcap >= 0.0f, function, ": softcap is ",
           options.softcap, ", it must be 0 (off) or finite and positive");
-  p.softcap = options.softcap;
+  return {scale, options.softcap};
+}
+
+inline void check_attention_options(const char* function, const attention_options& options,
+                                    attention_params& p,
+                                    argument_memory memory = argument_memory::host) {
+  const logit_transform logits = check_logit_transform(function, options, p.head_dim);
+  p.scale = logits.scale;
+  p.softcap = logits.softcap;
 
   if (!options.alibi_slopes.empty() || options.alibi_slopes.data() != nullptr) {
     check_extent(function, "alibi_slopes extent 0", options.alibi_slopes.extent(0), "q_heads",
@@ -212,10 +226,13 @@ void check_merged_keys(const char* function, const paged_kv_view<TKV>& kv) {
 
 // A paged cache layer in device memory: the fields and pointers only (the lengths and page table
 // stay unread; the device kernels clamp each length to the page-table row). Returns the capacity
-// of a head, page_table_stride · page_size, which stands in for the longest head.
+// of a head, page_table_stride · page_size, which stands in for the longest head. The device
+// kernels do not weigh merged keys yet, so a view with them is refused rather than misread.
 template <class TKV>
 index_t check_device_paged_kv_view(const char* function, const paged_kv_view<TKV>& kv) {
   check_paged_kv_fields(function, kv);
+  require(kv.merged_keys == nullptr, function,
+          ": kv.merged_keys is set, but the CUDA backend does not weigh merged keys yet");
   const index_t capacity = kv.page_table_stride * kv.page_size;
   require(kv.lengths != nullptr || kv.kv_heads == 0, function, ": kv.lengths is null (",
           kv.kv_heads, " KV heads need a length each)");
@@ -258,9 +275,6 @@ attention_params check_paged_attention_arguments(const char* function, const ten
   if (memory == argument_memory::host) {
     check_merged_keys(function, kv);
     p.merged_keys = kv.merged_keys;
-  } else {
-    require(kv.merged_keys == nullptr, function,
-            ": kv.merged_keys is set, but this backend does not weight merged keys yet");
   }
   check_attention_options(function, options, p, memory);
   return p;

@@ -44,14 +44,23 @@
 // page ranks first (ties among +inf pages: the lower page), as it may hold an unbounded logit.
 //
 // Scale and softcap are monotone in the logit and are left out of the bound; the bound holds for
-// ALiBi-free scores (a per-key ALiBi bias would have to be added per page). Keys are assumed
-// finite; a NaN key is not rejected: min/max skip or keep it depending on its position in the
-// page and the backend (reference: the page's first token's NaN sticks, later ones are skipped;
-// SIMD vector path: vminps/vmaxps return their second operand, so only the page's last token's
-// NaN survives), the directed rounding keeps NaN as NaN, and a NaN bound makes that page's score
-// NaN, which the selection orders by its bits (a positive NaN above +inf). Both functions
-// validate everything before they write, so on attnkit::error the bounds and the layout are
-// exactly as they were.
+// ALiBi-free scores (a per-key ALiBi bias would have to be added per page).
+//
+// Merged keys. A paged update records each head's merged key (paged_kv_view::merged_keys, e.g.
+// RazorAttention's compensation token, whose logit the kernels raise by ln(count)). The page
+// holding it then competes with the score whose logit is its bound's plus ln(count)
+// (core/page_bounds_layout.hpp): still an upper bound on what the page contributes, now
+// including the weight. That needs the logit's scale and softcap: quest_select takes the
+// attention_options the attention call uses (default: 1/sqrt(head_dim), no softcap, as
+// attention's default).
+//
+// Keys are assumed finite; a NaN key is not rejected: min/max skip or keep it depending on its
+// position in the page and the backend (reference: the page's first token's NaN sticks, later
+// ones are skipped; SIMD vector path: vminps/vmaxps return their second operand, so only the
+// page's last token's NaN survives), the directed rounding keeps NaN as NaN, and a NaN bound
+// makes that page's score NaN, which the selection orders by its bits (a positive NaN above
+// +inf). Both functions validate everything before they write, so on attnkit::error the bounds
+// and the layout are exactly as they were.
 #pragma once
 
 #include <algorithm>
@@ -108,6 +117,7 @@ struct page_bounds_rows {
 struct quest_layout_scratch {
   std::vector<index_t> row_offsets;
   std::vector<index_t> columns;
+  std::vector<merged_page> merged;  // per KV head, when the bounds hold merged keys
 };
 
 inline quest_layout_scratch& quest_scratch() {
@@ -214,6 +224,7 @@ class page_bounds {
                                     rows(end_page), executor);
     tokens_ = tokens;
     head_tokens_.clear();
+    merged_.clear();
   }
 
   template <class Backend, class TK>
@@ -231,7 +242,9 @@ class page_bounds {
   // engine appending one token to every head passes each head's length before the append; after
   // an eviction that rewrote a head's slots from s on, it passes s for that head (0 rebuilds
   // it). first_slots[h] must be in [0, min(tokens(h), kv.lengths[h])]; shorter lengths
-  // truncate. The view is validated as attention() validates it.
+  // truncate. The view is validated as attention() validates it. The view's merged keys are
+  // recorded (merged(h)) whatever first_slots says, so an update after set_merged with
+  // first_slots = the lengths records a new mark without rebuilding a page.
   template <class Backend, class TK, parallel::executor E>
   void update(const Backend& backend, paged_kv_view<TK> kv, std::span<const index_t> first_slots,
               E&& executor) {
@@ -247,6 +260,7 @@ class page_bounds {
     detail::require(kv.kv_heads == kv_heads_, function, ": kv.kv_heads is ", kv.kv_heads,
                     " but the bounds have kv_heads ", kv_heads_);
     detail::check_paged_kv_view(function, kv);
+    detail::check_merged_keys(function, kv);
     detail::require(static_cast<index_t>(first_slots.size()) == kv_heads_, function,
                     ": first_slots has ", first_slots.size(), " entries but there are ", kv_heads_,
                     " KV heads");
@@ -269,10 +283,15 @@ class page_bounds {
     }
     // Reserve before writing anything, so a failed allocation leaves the bounds as they were.
     head_tokens_.reserve(static_cast<std::size_t>(kv_heads_));
+    if (kv.merged_keys != nullptr) merged_.reserve(static_cast<std::size_t>(kv_heads_));
     const paged_kv_view<const K> cache = kv;
     detail::page_bounds_update_impl(backend, cache, first_pages.data(), rows(pages_for(longest)),
                                     executor);
     head_tokens_.assign(kv.lengths, kv.lengths + kv_heads_);
+    if (kv.merged_keys != nullptr)
+      merged_.assign(kv.merged_keys, kv.merged_keys + kv_heads_);
+    else
+      merged_.clear();
     tokens_ = longest;
   }
 
@@ -290,6 +309,13 @@ class page_bounds {
 
   // True when every head covers the same tokens (always, after a contiguous update).
   bool uniform() const noexcept { return shortest_head() == tokens_; }
+
+  // The merged key of a KV head as the last paged update read it from the view (slot -1: none;
+  // always none after a contiguous update). quest_select weighs the page holding it.
+  merged_key merged(index_t kv_head) const noexcept {
+    return merged_.empty() ? merged_key{} : merged_[static_cast<std::size_t>(kv_head)];
+  }
+  bool has_merged_keys() const noexcept { return !merged_.empty(); }
 
  private:
   friend struct detail::page_bounds_access;
@@ -318,6 +344,7 @@ class page_bounds {
   index_t capacity_pages_ = 0;
   index_t tokens_ = 0;
   std::vector<index_t> head_tokens_;  // per KV head after a paged update; empty: all tokens_
+  std::vector<merged_key> merged_;    // per KV head after a paged update of a view with marks
   detail::aligned_array<T> storage_;
 };
 
@@ -331,6 +358,21 @@ struct page_bounds_access {
 }  // namespace detail
 
 namespace detail {
+// The selection's view of the bounds' merged keys: per KV head, the page holding the key, its
+// count and the logit transform it is weighed under; null when the bounds hold none.
+template <class T>
+const merged_page* merged_pages(const page_bounds<T>& bounds, logit_transform logits,
+                                std::vector<merged_page>& pages) {
+  if (!bounds.has_merged_keys()) return nullptr;
+  pages.resize(static_cast<std::size_t>(bounds.kv_heads()));
+  for (index_t h = 0; h < bounds.kv_heads(); ++h) {
+    const merged_key key = bounds.merged(h);
+    pages[static_cast<std::size_t>(h)] = {key.slot < 0 ? -1 : key.slot / bounds.page_size(),
+                                          key.count, logits.scale, logits.softcap};
+  }
+  return pages.data();
+}
+
 // quest_select for bounds whose heads cover different lengths (a paged update): each head h
 // scores only its own pages(h), keeps min(top_pages, pages(h)) of them (its last page always, none
 // for an empty head), one backend selection per head. The layout's single block row must hold
@@ -339,7 +381,7 @@ namespace detail {
 template <class Backend, class Q, class T, class E>
 void quest_select_per_head(const Backend& backend, tensor_view<const Q, 3> q,
                            const page_bounds<T>& bounds, index_t top_pages, block_layout& layout,
-                           E& executor) {
+                           const merged_page* merged, E& executor) {
   const index_t kv_heads = bounds.kv_heads();
   const index_t group = q.extent(1) / kv_heads;
   const index_t q_tokens = q.extent(0);
@@ -365,7 +407,8 @@ void quest_select_per_head(const Backend& backend, tensor_view<const Q, 3> q,
     head_rows.pages = bounds.pages(h);
     const tensor_view<const Q, 3> head_q(q.row(0, h * group), {q_tokens, group, q.extent(2)},
                                          q.strides());
-    quest_select_impl(backend, head_q, head_rows, kept, scratch.columns.data() + offset, executor);
+    quest_select_impl(backend, head_q, head_rows, kept, scratch.columns.data() + offset,
+                      merged == nullptr ? nullptr : merged + h, executor);
   }
 
   block_layout_shape shape;
@@ -393,12 +436,16 @@ void quest_select_per_head(const Backend& backend, tensor_view<const Q, 3> q,
 // head h scores only its pages(h) pages and keeps min(top_pages, pages(h)) (none when empty), and
 // the block row spans from the shortest head's first query to the longest head's last (each
 // head's queries sit at its own last slots). It serves attention over the same cache with causal
-// or full masking composed as the caller wishes. Runs on `executor`; the overload without one
-// uses parallel::default_thread_pool(). The bounds may be stored in any T: the kernels widen them
+// or full masking composed as the caller wishes. When the bounds hold merged keys (a paged update
+// of a view with marks), the page holding one is scored with its weight under `options`' scale
+// and softcap: pass the attention_options of the attention call (its other fields are ignored).
+// Runs on `executor`; the overloads without one use parallel::default_thread_pool(), those
+// without options attention's defaults. The bounds may be stored in any T: the kernels widen them
 // to fp32 (SIMD) or fp64 (reference) as they read them.
 template <class Backend, class TQ, class T, parallel::executor E>
 void quest_select(const Backend& backend, tensor_view<TQ, 3> q, const page_bounds<T>& bounds,
-                  index_t top_pages, block_layout& layout, E&& executor) {
+                  index_t top_pages, block_layout& layout, const attention_options& options,
+                  E&& executor) {
   using Q = std::remove_cv_t<TQ>;
   static_assert(is_storage_type_v<Q>, "attnkit::quest_select: q must hold float, half or bfloat16");
   static_assert(!std::is_same_v<Backend, backend::cuda>,
@@ -422,22 +469,25 @@ void quest_select(const Backend& backend, tensor_view<TQ, 3> q, const page_bound
                   "; the queries are the newest tokens of the cache");
   detail::require(q.data() != nullptr || q.empty(), function, ": q has null data but ", q.size(),
                   " elements");
+  const detail::logit_transform logits =
+      detail::check_logit_transform(function, options, bounds.head_dim());
 
+  detail::quest_layout_scratch& scratch = detail::quest_scratch();
+  const detail::merged_page* merged = detail::merged_pages(bounds, logits, scratch.merged);
   if (!bounds.uniform()) {
     detail::quest_select_per_head(backend, tensor_view<const Q, 3>(q), bounds, top_pages, layout,
-                                  executor);
+                                  merged, executor);
     return;
   }
   const index_t pages = bounds.pages();
   const index_t kept = top_pages < pages ? top_pages : pages;
-  detail::quest_layout_scratch& scratch = detail::quest_scratch();
   scratch.row_offsets.resize(static_cast<std::size_t>(kv_heads + 1));
   scratch.columns.resize(static_cast<std::size_t>(kv_heads * kept));
   for (index_t h = 0; h <= kv_heads; ++h)
     scratch.row_offsets[static_cast<std::size_t>(h)] = h * kept;
   detail::quest_select_impl(backend, tensor_view<const Q, 3>(q),
                             detail::page_bounds_access::rows(bounds), kept, scratch.columns.data(),
-                            executor);
+                            merged, executor);
 
   block_layout_shape shape;
   shape.query_block = q_tokens > 1 ? q_tokens : 1;
@@ -452,8 +502,22 @@ void quest_select(const Backend& backend, tensor_view<TQ, 3> q, const page_bound
 
 template <class Backend, class TQ, class T>
 void quest_select(const Backend& backend, tensor_view<TQ, 3> q, const page_bounds<T>& bounds,
+                  index_t top_pages, block_layout& layout, const attention_options& options) {
+  quest_select(backend, q, bounds, top_pages, layout, options, parallel::default_thread_pool());
+}
+
+template <class Backend, class TQ, class T, parallel::executor E>
+void quest_select(const Backend& backend, tensor_view<TQ, 3> q, const page_bounds<T>& bounds,
+                  index_t top_pages, block_layout& layout, E&& executor) {
+  quest_select(backend, q, bounds, top_pages, layout, attention_options{},
+               std::forward<E>(executor));
+}
+
+template <class Backend, class TQ, class T>
+void quest_select(const Backend& backend, tensor_view<TQ, 3> q, const page_bounds<T>& bounds,
                   index_t top_pages, block_layout& layout) {
-  quest_select(backend, q, bounds, top_pages, layout, parallel::default_thread_pool());
+  quest_select(backend, q, bounds, top_pages, layout, attention_options{},
+               parallel::default_thread_pool());
 }
 
 }  // namespace attnkit

@@ -23,6 +23,7 @@
 #include "attnkit/backend/tags.hpp"
 #include "attnkit/core/directed_rounding.hpp"
 #include "attnkit/core/float16.hpp"
+#include "attnkit/core/page_bounds_layout.hpp"
 #include "attnkit/core/paged_kv_view.hpp"
 #include "attnkit/core/tensor_view.hpp"
 
@@ -118,14 +119,19 @@ std::vector<double> reference_page_scores(tensor_view<const TQ, 3> q, const Rows
 
 // Writes, for every KV head h, the `kept` selected pages in ascending order to
 // columns[h * kept, (h + 1) * kept): the last page, and the kept - 1 best of the others (ties:
-// the lower page).
+// the lower page). `merged`, when not null, holds one entry per KV head: the page of the head's
+// merged key, whose score is raised by its weight (core/page_bounds_layout.hpp).
 template <class TQ, class Rows, class Executor>
 void quest_select_impl(backend::reference, tensor_view<const TQ, 3> q, const Rows& bounds,
-                       index_t kept, index_t* columns, Executor&) {
+                       index_t kept, index_t* columns, const merged_page* merged, Executor&) {
   const index_t pages = bounds.pages;
   for (index_t h = 0; h < bounds.kv_heads; ++h) {
     index_t* row = columns + h * kept;
-    const std::vector<double> scores = reference_page_scores(q, bounds, h);
+    std::vector<double> scores = reference_page_scores(q, bounds, h);
+    if (merged != nullptr && merged[h].page >= 0 && merged[h].page < pages) {
+      double& score = scores[static_cast<std::size_t>(merged[h].page)];
+      score = merged[h].raise(score);
+    }
     std::vector<index_t> order(static_cast<std::size_t>(pages - 1));
     std::iota(order.begin(), order.end(), index_t{0});
     std::stable_sort(order.begin(), order.end(), [&](index_t a, index_t b) {

@@ -28,7 +28,9 @@
 // Top-K: each page's fp32 score and index are packed into one 64-bit key that orders by score,
 // then by lower index, so std::nth_element on plain integers selects the pages and ties resolve
 // as the reference does. The last page is always kept (it holds the newest tokens, the query's
-// own included) and competes for nothing; the kept rows are sorted ascending.
+// own included) and competes for nothing; the kept rows are sorted ascending. A page holding its
+// head's merged key competes with its score raised by the key's weight
+// (core/page_bounds_layout.hpp), computed in fp64 and rounded up to fp32.
 //
 // Scratch: the sign-split queries live in the calling thread's call arena (scratch.hpp), the keys
 // in a thread-local vector of the calling thread; both grow on the first call of a size and are
@@ -37,6 +39,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -50,6 +53,7 @@
 #include "attnkit/backend/tags.hpp"
 #include "attnkit/core/directed_rounding.hpp"
 #include "attnkit/core/float16.hpp"
+#include "attnkit/core/page_bounds_layout.hpp"
 #include "attnkit/core/paged_kv_view.hpp"
 #include "attnkit/core/simd_include.hpp"
 #include "attnkit/core/tensor_view.hpp"
@@ -376,7 +380,8 @@ void page_bounds_update_impl(backend::simd<Arch>, const paged_kv_view<const TK>&
 
 template <class Arch, class TQ, class Rows, class Executor>
 void quest_select_impl(backend::simd<Arch>, tensor_view<const TQ, 3> q, const Rows& bounds,
-                       index_t kept, index_t* columns, Executor& executor) {
+                       index_t kept, index_t* columns, const merged_page* merged,
+                       Executor& executor) {
   using A = Arch;
   const index_t pages = bounds.pages;
   const index_t kv_heads = bounds.kv_heads;
@@ -436,6 +441,16 @@ void quest_select_impl(backend::simd<Arch>, tensor_view<const TQ, 3> q, const Ro
   executor(static_cast<std::size_t>(kv_heads), [&](std::size_t item) {
     const index_t h = static_cast<index_t>(item);
     std::uint64_t* head_keys = keys + h * pages;
+    if (merged != nullptr && merged[h].page >= 0 && merged[h].page < pages - 1) {
+      // The raised score in fp64, rounded up to fp32: still a bound on the page's logits.
+      const index_t p = merged[h].page;
+      const double raised = merged[h].raise(double(
+          simd::page_score<A>(bounds.min_row(h, p), staged + h * head_floats, rows, padded_dim)));
+      float score = static_cast<float>(raised);
+      if (double(score) < raised)
+        score = std::nextafter(score, std::numeric_limits<float>::infinity());
+      head_keys[p] = simd::page_key(score, p);
+    }
     index_t* row = columns + h * kept;
     const index_t best = kept - 1;
     if (best > 0)
