@@ -19,6 +19,8 @@ constexpr const char* usage_text = R"(usage: attnkit-eviction-harness [options]
 Runs every KV-cache policy (full random streaming h2o tova snapkv pyramidkv knorm fastgen duo
 razor adakv) at compression 0.25, 0.5, 0.75 and 0.875 and prints relative L2 error of the probes'
 attention output, attention mass kept, needle recall and KV bytes per (policy, compression).
+quest is Quest page selection at read time beside them: it evicts nothing, and each probe reads
+the pages the compression leaves.
 
 Synthetic workload (default):
   --tokens N        prompt tokens (4096)

@@ -39,6 +39,11 @@
 // sinks, RazorAttention's 4 sinks and one compensation token. FastGen's special tokens are the
 // first `sinks` positions (there is no tokenizer, so no punctuation class).
 //
+// Quest (attention/quest.hpp) runs beside the policies as the reference point for selection at
+// read time: nothing is evicted, each probe reads the top pages of its own Quest ranking, as many
+// as the compression leaves (run_quest). Its kv_bytes are the full cache's plus its page bounds':
+// it trades no memory, only the K/V a decode step reads.
+//
 // A wrong head table (each layer's roles moved one head on) is run for DuoAttention at 0.75 and
 // reported in a footer note: with the budget unchanged, recall falls to what its streaming heads
 // see — the table, not the budget, is what keeps the needles.
@@ -238,9 +243,9 @@ inline void write_trace(const std::string& dir, const workload& w) {
 enum class kv_dtype { float32, float16 };
 
 inline const std::vector<std::string>& all_policy_names() {
-  static const std::vector<std::string> names = {"full",    "random", "streaming", "h2o",
-                                                 "tova",    "snapkv", "pyramidkv", "knorm",
-                                                 "fastgen", "duo",    "razor",     "adakv"};
+  static const std::vector<std::string> names = {
+      "full",  "random",  "streaming", "h2o",   "tova",  "snapkv", "pyramidkv",
+      "knorm", "fastgen", "duo",       "razor", "adakv", "quest"};
   return names;
 }
 
@@ -413,6 +418,56 @@ std::vector<layer_reference> make_reference(const eviction_input& in, const harn
   return ref;
 }
 
+// The metrics' running sums over layers, probes and query heads.
+struct metric_sums {
+  double error2 = 0.0, norm2 = 0.0, mass = 0.0, hits = 0.0;
+  index_t mass_rows = 0, recall_rows = 0;
+
+  void add_output(std::span<const float> out, std::span<const float> reference) {
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      const double d = double(out[i]) - double(reference[i]);
+      error2 += d * d;
+      norm2 += double(reference[i]) * double(reference[i]);
+    }
+  }
+  void add_mass(double kept) {
+    mass += kept;
+    ++mass_rows;
+  }
+  // A recall row: whether the compressed attention's most probable of the `real` (original-token)
+  // slots of `row` holds the needle's position, slot s being at position_of(s).
+  template <class PositionOf>
+  void add_recall(std::span<const float> row, index_t real, PositionOf position_of,
+                  position needle) {
+    const auto best = std::max_element(row.begin(), row.end()) - row.begin();
+    const bool hit =
+        !row.empty() && best < real && position_of(static_cast<index_t>(best)) == needle;
+    hits += hit ? 1.0 : 0.0;
+    ++recall_rows;
+  }
+  void finish(eviction_result& r) const {
+    r.rel_error = norm2 > 0.0 ? std::sqrt(error2 / norm2) : 0.0;
+    r.mass_kept = mass_rows > 0 ? mass / double(mass_rows) : 0.0;
+    if (recall_rows > 0) r.needle_recall = hits / double(recall_rows);
+  }
+};
+
+// The needle probe p asks for, when its recall is measured on KV head g of layer L (a retrieval
+// head of a needle probe); -1 otherwise.
+inline position measured_needle(const eviction_input& in, const eviction_layer& L, index_t p,
+                                index_t g) {
+  const index_t needle = in.probe_needle[static_cast<std::size_t>(p)];
+  if (needle < 0 || L.retrieval.empty() || !L.retrieval[static_cast<std::size_t>(g)]) return -1;
+  return in.needle_positions[static_cast<std::size_t>(needle)];
+}
+
+inline void report_progress(const harness_options& o, const eviction_result& r) {
+  if (o.progress != nullptr)
+    *o.progress << "  " << std::left << std::setw(10) << r.policy << " c=" << r.compression << "  "
+                << std::fixed << std::setprecision(2) << r.seconds << " s\n"
+                << std::defaultfloat;
+}
+
 // One (policy, compression) run: build, observe, compress, probe, measure.
 template <class T, class Policy, class BudgetOf>
 eviction_result run_policy(const eviction_input& in, const std::vector<layer_reference>& ref,
@@ -463,19 +518,14 @@ eviction_result run_policy(const eviction_input& in, const std::vector<layer_ref
   r.kv_bytes = cache.bytes_used();
   r.achieved = full_bytes > 0 ? 1.0 - double(r.kv_bytes) / double(full_bytes) : 0.0;
 
-  double error2 = 0.0, norm2 = 0.0, mass = 0.0, hits = 0.0;
-  index_t mass_rows = 0, recall_rows = 0;
+  metric_sums sums;
   std::vector<float> out;
   probability_capture capture;
   for (index_t l = 0; l < layers; ++l) {
     const layer_reference& R = ref[static_cast<std::size_t>(l)];
     const eviction_layer& L = in.layers[static_cast<std::size_t>(l)];
     probe(cache, in, l, out, capture);
-    for (std::size_t i = 0; i < out.size(); ++i) {
-      const double d = double(out[i]) - double(R.out[i]);
-      error2 += d * d;
-      norm2 += double(R.out[i]) * double(R.out[i]);
-    }
+    sums.add_output(out, R.out);
     const paged_kv_view<const T> view = cache.view(l);
     for (index_t p = 0; p < in.probes; ++p) {
       for (index_t h = 0; h < in.q_heads; ++h) {
@@ -488,30 +538,86 @@ eviction_result run_policy(const eviction_input& in, const std::vector<layer_ref
           if (pos >= 0 && pos < static_cast<position>(full_row.size()))
             kept += full_row[static_cast<std::size_t>(pos)];
         }
-        mass += kept;
-        ++mass_rows;
-
-        const index_t needle = in.probe_needle[static_cast<std::size_t>(p)];
-        if (needle < 0 || L.retrieval.empty() || !L.retrieval[static_cast<std::size_t>(g)])
-          continue;
-        const std::span<const float> row = capture.row(p, h);
-        const auto best = std::max_element(row.begin(), row.end()) - row.begin();
-        const bool hit = !row.empty() && best < real &&
-                         view.position_of(g, static_cast<index_t>(best)) ==
-                             in.needle_positions[static_cast<std::size_t>(needle)];
-        hits += hit ? 1.0 : 0.0;
-        ++recall_rows;
+        sums.add_mass(kept);
+        const position needle = measured_needle(in, L, p, g);
+        if (needle >= 0)
+          sums.add_recall(
+              capture.row(p, h), real, [&](index_t s) { return view.position_of(g, s); }, needle);
       }
     }
   }
-  r.rel_error = norm2 > 0.0 ? std::sqrt(error2 / norm2) : 0.0;
-  r.mass_kept = mass_rows > 0 ? mass / double(mass_rows) : 0.0;
-  if (recall_rows > 0) r.needle_recall = hits / double(recall_rows);
+  sums.finish(r);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (o.progress != nullptr)
-    *o.progress << "  " << std::left << std::setw(10) << name << " c=" << compression << "  "
-                << std::fixed << std::setprecision(2) << r.seconds << " s\n"
-                << std::defaultfloat;
+  report_progress(o, r);
+  return r;
+}
+
+// Quest (attention/quest.hpp), the reference point for selection at read time: the cache keeps
+// the whole prompt, and each probe, one decode query at a time, reads only the pages of
+// page_size tokens whose Quest bound is largest for it: top_pages = the pages left after removing
+// the compression's fraction (the last page among them). Nothing is evicted, so kv_bytes is the
+// full cache's plus the page bounds' (fp32, one min and one max row per page and KV head); what
+// the compression saves is the K/V each decode step reads.
+template <class T>
+eviction_result run_quest(const eviction_input& in, const std::vector<layer_reference>& ref,
+                          const harness_options& o, double compression, std::size_t full_bytes) {
+  const auto start = std::chrono::steady_clock::now();
+  const index_t layers = in.layer_count(), group = in.q_heads / in.kv_heads;
+  const index_t pages = (in.prompt_tokens + o.page_size - 1) / o.page_size;
+  const index_t top_pages =
+      std::max<index_t>(1, static_cast<index_t>(std::llround((1.0 - compression) * double(pages))));
+  kv_cache<T> cache = make_cache<T>(in, o);
+  page_bounds<float> bounds(o.page_size, in.kv_heads, in.head_dim, in.prompt_tokens);
+  block_layout layout;
+  probability_capture capture;
+  capture.queries = 1;
+  std::vector<float> out(static_cast<std::size_t>(in.q_heads * in.head_dim));
+  metric_sums sums;
+  for (index_t l = 0; l < layers; ++l) {
+    const layer_reference& R = ref[static_cast<std::size_t>(l)];
+    const eviction_layer& L = in.layers[static_cast<std::size_t>(l)];
+    append_prompt(cache, in, l, 0, in.prompt_tokens);
+    bounds.update(cpu, cache.view(l));
+    for (index_t p = 0; p < in.probes; ++p) {
+      const tensor_view<const float, 3> q = rows_of(L.probe_q, p, 1, in.q_heads, in.head_dim);
+      quest_select(cpu, q, bounds, top_pages, layout);
+      capture_observer observer{&capture};
+      attention_options options;
+      options.observer = observer;
+      attention(cpu, q, cache.view(l),
+                tensor_view<float, 3>(out.data(), {1, in.q_heads, in.head_dim}),
+                block_sparse{layout}, options);
+      const std::size_t row_floats = out.size();
+      sums.add_output(out, std::span<const float>(R.out).subspan(
+                               static_cast<std::size_t>(p) * row_floats, row_floats));
+      for (index_t h = 0; h < in.q_heads; ++h) {
+        const index_t g = h / group;
+        const std::span<const float> full_row = R.probs.row(p, h);
+        double kept = 0.0;
+        for (const index_t page : layout.row(g, 0))
+          for (index_t s = page * o.page_size;
+               s < std::min((page + 1) * o.page_size, static_cast<index_t>(full_row.size())); ++s)
+            kept += full_row[static_cast<std::size_t>(s)];
+        sums.add_mass(kept);
+        const position needle = measured_needle(in, L, p, g);
+        if (needle >= 0)
+          sums.add_recall(
+              capture.row(0, h), in.prompt_tokens,
+              [](index_t s) { return static_cast<position>(s); }, needle);
+      }
+    }
+  }
+  eviction_result r;
+  r.policy = "quest";
+  r.compression = compression;
+  const std::size_t bounds_bytes =
+      static_cast<std::size_t>(layers * in.kv_heads * pages * 2 * bounds.padded_head_dim()) *
+      sizeof(float);
+  r.kv_bytes = cache.bytes_used() + bounds_bytes;
+  r.achieved = full_bytes > 0 ? 1.0 - double(r.kv_bytes) / double(full_bytes) : 0.0;
+  sums.finish(r);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  report_progress(o, r);
   return r;
 }
 
@@ -680,6 +786,7 @@ eviction_report run_typed(const eviction_input& in, const harness_options& o) {
       adakv_policy<snapkv_policy> policy(snapkv_policy(layers, snap));
       add(run("adakv", c, policy, window, ratio));
     }
+    if (wants("quest")) add(run_quest<T>(in, ref, o, c, report.full_bytes));
   }
 
   // DuoAttention with a wrong table: each layer's roles moved one head on (same budgets), so the
@@ -754,7 +861,8 @@ inline std::string format_table(const eviction_report& report) {
       << detail::format_fixed(factor, 2) << "x" << std::setw(9)
       << detail::format_fixed(r.seconds, 2) << "\n";
   }
-  s << "target: fraction of the KV cache to remove; achieved: 1 - KV bytes / full bytes (duo, "
+  s << "target: fraction of the KV cache to remove (quest: of the pages each probe reads; it "
+       "evicts nothing and adds its page bounds); achieved: 1 - KV bytes / full bytes (duo, "
        "razor and fastgen size their heads themselves); recall '-': no needles\n";
   for (const std::string& note : report.notes) s << "note: " << note << "\n";
   s << "total " << detail::format_fixed(report.seconds, 1) << " s\n";

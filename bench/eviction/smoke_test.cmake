@@ -20,7 +20,7 @@ endforeach()
 
 set(workload --tokens 512 --layers 2 --seed 3)
 set(header "policy,compression,rel_error,mass_kept,needle_recall,kv_bytes")
-set(policies full random streaming h2o tova snapkv pyramidkv knorm fastgen duo razor adakv)
+set(policies full random streaming h2o tova snapkv pyramidkv knorm fastgen duo razor adakv quest)
 file(REMOVE_RECURSE ${WORK_DIR})
 file(MAKE_DIRECTORY ${WORK_DIR})
 
@@ -42,9 +42,9 @@ function(check_csv csv expect_recall result)
   if(NOT first STREQUAL header)
     message(FATAL_ERROR "${csv}: header is '${first}', expected '${header}'")
   endif()
-  # 1 header + full + 11 policies x 4 compressions.
-  if(NOT count EQUAL 46)
-    message(FATAL_ERROR "${csv}: ${count} lines, expected 46")
+  # 1 header + full + 12 policies (quest among them) x 4 compressions.
+  if(NOT count EQUAL 50)
+    message(FATAL_ERROR "${csv}: ${count} lines, expected 50")
   endif()
   foreach(policy ${policies})
     set(found FALSE)
