@@ -4,14 +4,17 @@
 // Shape: one layer of a kv_cache<half> holding n_kv = 32768 tokens per KV head, 32 query / 8 KV
 // heads, head dim 128, pages of 16 tokens; fp32 decode query. Benchmarks:
 //   attention/plain     paged decode (attnkit::cpu) over the cache, no observer
-//   attention/observed  the same with the policy's observer attached (H2O's accumulator)
+//   attention/observed_h2o   the same with H2O's observer (accumulates into its score table)
+//   attention/observed_tova  the same with TOVA's (replaces its table with this step's weights)
 //   select/<policy>     select() alone with one token over budget (the per-step decision):
 //                       H2O (accumulated mass + recent window), TOVA (layer-wise), StreamingLLM
 //   compress/<policy>   compress() evicting that token: select + kv_cache::retain (which moves the
 //                       rows after the evicted slot down, the cache's cost) + the policy's score
 //                       renumbering
 // Counters: overhead = (t_observed - t_plain + t_select) / t_plain, the policy's own share of a
-// step (the target: < 5% at 32K); compress_overhead adds the cache's compaction.
+// step (the target: < 5% at 32K), with t_observed the policy's own observed attention
+// (t_plain for StreamingLLM, which observes nothing); compress_overhead adds the cache's
+// compaction.
 //
 // Decode starts from cold caches (a sweep larger than the last-level cache between calls,
 // untimed), as bench_sparse does; select runs on a warm score table, as it would right after the
@@ -32,6 +35,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "peak.hpp"
@@ -118,21 +122,36 @@ attnkit::streaming_policy& streaming() {
   return p;
 }
 
-void set_overheads(benchmark::State& state, double policy_seconds, const char* counter) {
+// The attention benchmark a policy's decode step runs: observed with its own observer, or plain.
+template <class Policy>
+std::string attention_of(const Policy& policy) {
+  if constexpr (std::is_same_v<Policy, attnkit::h2o_policy>) return "attention/observed_h2o";
+  if constexpr (std::is_same_v<Policy, attnkit::tova_policy>) return "attention/observed_tova";
+  static_assert(!attnkit::observing_policy<Policy> || std::is_same_v<Policy, attnkit::h2o_policy> ||
+                    std::is_same_v<Policy, attnkit::tova_policy>,
+                "bench_policies: an observing policy needs its own observed attention benchmark");
+  (void)policy;
+  return "attention/plain";
+}
+
+template <class Policy>
+void set_overheads(benchmark::State& state, const Policy& policy, double policy_seconds,
+                   const char* counter) {
   const auto plain = seconds_per_call.find("attention/plain");
-  const auto observed = seconds_per_call.find("attention/observed");
+  const auto observed = seconds_per_call.find(attention_of(policy));
   if (plain == seconds_per_call.end() || observed == seconds_per_call.end()) return;
   state.counters[counter] = (observed->second - plain->second + policy_seconds) / plain->second;
 }
 
-void bm_attention(benchmark::State& state, bool observe) {
+template <class Policy>
+void bm_attention(benchmark::State& state, Policy* policy) {
   decode_step& s = step();
   s.grow_to_one_over();
   attnkit::attention_options options;
-  if (observe) options.observer = h2o().observer(0);
+  if (policy != nullptr) options.observer = policy->observer(0);
   const double seconds = timed(
       state, true, [] {}, [&] { s.attend(options); });
-  seconds_per_call[observe ? "attention/observed" : "attention/plain"] = seconds;
+  seconds_per_call[policy != nullptr ? attention_of(*policy) : "attention/plain"] = seconds;
 }
 
 template <class Policy>
@@ -148,7 +167,7 @@ void bm_select(benchmark::State& state, Policy& policy) {
   const auto budget = attnkit::budget::tokens(n_kv);
   const double seconds = timed(
       state, false, [] {}, [&] { policy.select(s.cache.view(0), 0, budget, keep); });
-  set_overheads(state, seconds, "overhead");
+  set_overheads(state, policy, seconds, "overhead");
 }
 
 template <class Policy>
@@ -159,7 +178,7 @@ void bm_compress(benchmark::State& state, Policy& policy) {
   const double seconds = timed(
       state, false, [&] { s.grow_to_one_over(); },
       [&] { attnkit::compress(s.cache, 0, policy, budget, keep); });
-  set_overheads(state, seconds, "compress_overhead");
+  set_overheads(state, policy, seconds, "compress_overhead");
 }
 
 void register_all() {
@@ -167,10 +186,13 @@ void register_all() {
     return benchmark::RegisterBenchmark(name, fn)->UseManualTime()->Unit(benchmark::kMicrosecond);
   };
   reg("attention/plain/n_kv:32768", [](benchmark::State& s) {
-    bm_attention(s, false);
+    bm_attention<attnkit::h2o_policy>(s, nullptr);
   })->MinTime(0.3);
-  reg("attention/observed/n_kv:32768", [](benchmark::State& s) {
-    bm_attention(s, true);
+  reg("attention/observed_h2o/n_kv:32768", [](benchmark::State& s) {
+    bm_attention(s, &h2o());
+  })->MinTime(0.3);
+  reg("attention/observed_tova/n_kv:32768", [](benchmark::State& s) {
+    bm_attention(s, &tova());
   })->MinTime(0.3);
   reg("select/h2o", [](benchmark::State& s) { bm_select(s, h2o()); })->MinTime(0.2);
   reg("select/tova", [](benchmark::State& s) { bm_select(s, tova()); })->MinTime(0.2);
