@@ -143,15 +143,16 @@ void set_overheads(benchmark::State& state, const Policy& policy, double policy_
   state.counters[counter] = (observed->second - plain->second + policy_seconds) / plain->second;
 }
 
-template <class Policy>
-void bm_attention(benchmark::State& state, Policy* policy) {
+// Times a decode step with `observer` (none: plain) and records it under `name`.
+void bm_attention(benchmark::State& state, const std::string& name,
+                  attnkit::attention_observer observer) {
   decode_step& s = step();
   s.grow_to_one_over();
   attnkit::attention_options options;
-  if (policy != nullptr) options.observer = policy->observer(0);
+  options.observer = observer;
   const double seconds = timed(
       state, true, [] {}, [&] { s.attend(options); });
-  seconds_per_call[policy != nullptr ? attention_of(*policy) : "attention/plain"] = seconds;
+  seconds_per_call[name] = seconds;
 }
 
 template <class Policy>
@@ -186,13 +187,13 @@ void register_all() {
     return benchmark::RegisterBenchmark(name, fn)->UseManualTime()->Unit(benchmark::kMicrosecond);
   };
   reg("attention/plain/n_kv:32768", [](benchmark::State& s) {
-    bm_attention<attnkit::h2o_policy>(s, nullptr);
+    bm_attention(s, "attention/plain", {});
   })->MinTime(0.3);
   reg("attention/observed_h2o/n_kv:32768", [](benchmark::State& s) {
-    bm_attention(s, &h2o());
+    bm_attention(s, attention_of(h2o()), h2o().observer(0));
   })->MinTime(0.3);
   reg("attention/observed_tova/n_kv:32768", [](benchmark::State& s) {
-    bm_attention(s, &tova());
+    bm_attention(s, attention_of(tova()), tova().observer(0));
   })->MinTime(0.3);
   reg("select/h2o", [](benchmark::State& s) { bm_select(s, h2o()); })->MinTime(0.2);
   reg("select/tova", [](benchmark::State& s) { bm_select(s, tova()); })->MinTime(0.2);

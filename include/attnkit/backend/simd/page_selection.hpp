@@ -216,6 +216,16 @@ ATTNKIT_ALWAYS_INLINE std::uint64_t page_key(float score, index_t page) noexcept
   return (std::uint64_t{ordered} << 32) | (0xFFFFFFFFu - static_cast<std::uint32_t>(page));
 }
 
+// The score of a page holding its head's merged key, raised by the key's weight
+// (core/page_bounds_layout.hpp) in fp64 and rounded up to fp32: still a bound on its logits.
+inline float raised_score(const merged_page& merged, float score) noexcept {
+  const double raised = merged.raise(double(score));
+  float rounded = static_cast<float>(raised);
+  if (double(rounded) < raised)
+    rounded = std::nextafter(rounded, std::numeric_limits<float>::infinity());
+  return rounded;
+}
+
 ATTNKIT_ALWAYS_INLINE index_t page_of_key(std::uint64_t key) noexcept {
   return static_cast<index_t>(0xFFFFFFFFu - static_cast<std::uint32_t>(key & 0xFFFFFFFFu));
 }
@@ -432,25 +442,18 @@ void quest_select_impl(backend::simd<Arch>, tensor_view<const TQ, 3> q, const Ro
     const index_t end = std::min(begin + chunk_pages, pages);
     const float* head_q = staged + h * head_floats;
     std::uint64_t* head_keys = keys + h * pages;
-    for (index_t p = begin; p < end; ++p)
-      head_keys[p] =
-          simd::page_key(simd::page_score<A>(bounds.min_row(h, p), head_q, rows, padded_dim), p);
+    const index_t merged_at = merged != nullptr ? merged[h].page : -1;
+    for (index_t p = begin; p < end; ++p) {
+      float score = simd::page_score<A>(bounds.min_row(h, p), head_q, rows, padded_dim);
+      if (p == merged_at) score = simd::raised_score(merged[h], score);
+      head_keys[p] = simd::page_key(score, p);
+    }
   });
 
   // Select: per KV head, the kept - 1 largest keys among pages [0, pages - 1), then the last.
   executor(static_cast<std::size_t>(kv_heads), [&](std::size_t item) {
     const index_t h = static_cast<index_t>(item);
     std::uint64_t* head_keys = keys + h * pages;
-    if (merged != nullptr && merged[h].page >= 0 && merged[h].page < pages - 1) {
-      // The raised score in fp64, rounded up to fp32: still a bound on the page's logits.
-      const index_t p = merged[h].page;
-      const double raised = merged[h].raise(double(
-          simd::page_score<A>(bounds.min_row(h, p), staged + h * head_floats, rows, padded_dim)));
-      float score = static_cast<float>(raised);
-      if (double(score) < raised)
-        score = std::nextafter(score, std::numeric_limits<float>::infinity());
-      head_keys[p] = simd::page_key(score, p);
-    }
     index_t* row = columns + h * kept;
     const index_t best = kept - 1;
     if (best > 0)
