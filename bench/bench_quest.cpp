@@ -6,6 +6,8 @@
 //   quest_bounds/build    page_bounds::update over the whole cache (a prefill's worth of keys).
 //   quest_bounds/append   one decode step's update: one token appended, the last page rebuilt.
 //   quest_select          quest_select for one fp32 query token: score 8 × 8192 pages, keep 256.
+//                         /alibi: the same under ALiBi (the model's geometric slopes), where each
+//                         query row's bound becomes a logit bound with the page's largest bias.
 //   quest_decode          one Quest decode step as an engine runs it: quest_select, then
 //                         attention over the selected pages (block_sparse mask), fp32 q / out.
 //   dense_decode          the same query over the whole cache (full mask): the baseline the
@@ -33,9 +35,11 @@
 #include <benchmark/benchmark.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "workload.hpp"
 
@@ -128,13 +132,19 @@ void bm_bounds_append(benchmark::State& state) {
   }
 }
 
-template <class B>
+template <class B, bool Alibi = false>
 void bm_select(benchmark::State& state) {
   decode_state& s = state_once();
   const attnkit::page_bounds<B>& bounds = s.bounds<B>();
   const auto q = s.q.cview(1, q_heads, head_dim);
+  // ALiBi's slopes for 32 heads: 2^(-8(h+1)/32) (Press et al. 2022).
+  std::vector<float> slopes(static_cast<std::size_t>(q_heads));
+  for (index_t h = 0; h < q_heads; ++h)
+    slopes[static_cast<std::size_t>(h)] = std::exp2(-8.0f * float(h + 1) / float(q_heads));
+  attnkit::attention_options options;
+  if (Alibi) options.alibi_slopes = attnkit::tensor_view<const float, 1>(slopes.data(), {q_heads});
   for (auto _ : state) {
-    attnkit::quest_select(attnkit::cpu, q, bounds, top_pages, s.layout);
+    attnkit::quest_select(attnkit::cpu, q, bounds, top_pages, s.layout, options);
     benchmark::DoNotOptimize(s.layout.columns().data());
     benchmark::ClobberMemory();
   }
@@ -204,6 +214,10 @@ BENCHMARK(bm_dense_decode)
     ->Unit(benchmark::kMicrosecond);
 ATTNKIT_QUEST_BOUNDS(float, "fp32");
 ATTNKIT_QUEST_BOUNDS(half, "fp16");
+BENCHMARK_TEMPLATE(bm_select, half, true)
+    ->Name("quest_select/alibi/bounds:fp16/" ATTNKIT_QUEST_SHAPE "/top:256")
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 

@@ -988,29 +988,68 @@ namespace {
 struct logit_config {
   std::optional<float> scale;
   float softcap = 0.0f;
+  std::vector<float> slopes = {};  // ALiBi, one per query head; empty: none
+
+  attnkit::attention_options options() const {
+    attnkit::attention_options o;
+    o.scale = scale;
+    o.softcap = softcap;
+    if (!slopes.empty())
+      o.alibi_slopes = tensor_view<const float, 1>(slopes.data(), {index_t(slopes.size())});
+    return o;
+  }
 };
 
+// The largest ALiBi bias -slope·|q_pos - j| over the slots j of page p of KV head kv_h, slot by
+// slot (the library computes it in closed form).
+template <class B>
+double largest_bias(const page_bounds<B>& b, index_t kv_h, index_t p, double slope, index_t q_pos) {
+  double best = -std::numeric_limits<double>::infinity();
+  const index_t end = std::min((p + 1) * b.page_size(), b.tokens(kv_h));
+  for (index_t j = p * b.page_size(); j < end; ++j)
+    best = std::max(best, -slope * std::fabs(double(q_pos - j)));
+  return best;
+}
+
+double scale_of(const logit_config& config, index_t head_dim) {
+  return config.scale ? *config.scale : 1.0 / std::sqrt(double(head_dim));
+}
+
+// The logit bound of query row (token t, head g of the group) on page p of KV head kv_h, in fp64:
+// softcap(scale·U), plus under ALiBi the row's largest bias over the page's slots (the queries are
+// the head's last q_tokens slots).
+template <class B>
+double row_logit_bound(const page_bounds<B>& b, tensor_view<const float, 3> q, index_t kv_h,
+                       index_t p, index_t t, index_t g, const logit_config& config) {
+  const index_t group = q.extent(1) / b.kv_heads();
+  double u, magnitude;
+  bound64(b, q, t, kv_h * group + g, kv_h, p, u, magnitude);
+  double s = scale_of(config, b.head_dim()) * u;
+  if (config.softcap > 0.0f) s = config.softcap * std::tanh(s / config.softcap);
+  if (!config.slopes.empty())
+    s += largest_bias(b, kv_h, p, config.slopes[static_cast<std::size_t>(kv_h * group + g)],
+                      b.tokens(kv_h) - q.extent(0) + t);
+  return s;
+}
+
 // The pages the definition keeps for KV head kv_h, in fp64 from the stored bounds: pages ranked by
-// their logit bound, the max over the query rows of softcap(scale·U), plus ln(count) for the page
-// of a merged key with count > 1 (unless ignore_marks); ties to the lower page; the last page
-// always; min(top, pages(kv_h)) in all.
+// their logit bound, the max over the query rows of softcap(scale·U) (plus, under ALiBi, the
+// row's largest bias over the page's slots, its queries at the head's last slots), plus ln(count)
+// for the page of a merged key with count > 1 (unless ignore_marks); ties to the lower page; the
+// last page always; min(top, pages(kv_h)) in all.
 template <class B>
 std::vector<index_t> expected_pages(const page_bounds<B>& b, tensor_view<const float, 3> q,
                                     index_t kv_h, index_t top, const logit_config& config,
                                     bool ignore_marks = false) {
   const index_t pages = b.pages(kv_h);
   const index_t group = q.extent(1) / b.kv_heads();
-  const double scale = config.scale ? *config.scale : 1.0 / std::sqrt(double(b.head_dim()));
   const attnkit::merged_key mark = b.merged(kv_h);
   std::vector<double> logit(static_cast<std::size_t>(pages),
                             -std::numeric_limits<double>::infinity());
   for (index_t p = 0; p < pages; ++p)
     for (index_t t = 0; t < q.extent(0); ++t)
       for (index_t g = 0; g < group; ++g) {
-        double u, magnitude;
-        bound64(b, q, t, kv_h * group + g, kv_h, p, u, magnitude);
-        double s = scale * u;
-        if (config.softcap > 0.0f) s = config.softcap * std::tanh(s / config.softcap);
+        double s = row_logit_bound(b, q, kv_h, p, t, g, config);
         if (!ignore_marks && mark.slot >= 0 && mark.slot / b.page_size() == p && mark.count > 1.0f)
           s += std::log(double(mark.count));
         logit[static_cast<std::size_t>(p)] = std::max(logit[static_cast<std::size_t>(p)], s);
@@ -1027,72 +1066,96 @@ std::vector<index_t> expected_pages(const page_bounds<B>& b, tensor_view<const f
   return expected;
 }
 
-// Selects with both backends under every logit configuration and checks each head's pages against
-// expected_pages. Returns how many (configuration, top) cases the marks changed.
+// What a selection test counts as "changed": the same expected pages without the merged keys'
+// marks, or without the ALiBi slopes.
+enum class without { marks, slopes };
+
+// Selects with both backends under each logit configuration and checks each head's pages against
+// expected_pages. Returns how many (configuration, top, head) cases the marks or the slopes
+// (`baseline`) changed.
 template <class B>
-index_t check_merged_selection(const page_bounds<B>& b, tensor_view<const float, 3> q) {
+index_t check_selection(const page_bounds<B>& b, tensor_view<const float, 3> q,
+                        const std::vector<logit_config>& configs, without baseline) {
   index_t changed = 0;
-  for (const logit_config& config :
-       {logit_config{}, logit_config{0.6f, 0.0f}, logit_config{0.5f, 2.0f}}) {
-    attnkit::attention_options options;
-    options.scale = config.scale;
-    options.softcap = config.softcap;
+  for (const logit_config& config : configs) {
+    logit_config plain = config;
+    plain.slopes.clear();
+    const attnkit::attention_options options = config.options();
     for (const index_t top : {1, 2, 3, 5, 8, 15, 16}) {
       block_layout fast, oracle;
       attnkit::quest_select(attnkit::cpu, q, b, top, fast, options);
       attnkit::quest_select(reference, q, b, top, oracle, options, attnkit::parallel::serial{});
       for (index_t h = 0; h < b.kv_heads(); ++h) {
-        INFO("head " << h << " top " << top << " scale " << config.scale.value_or(-1.0f)
-                     << " softcap " << config.softcap);
+        INFO("head " << h << " top " << top << " q tokens " << q.extent(0) << " scale "
+                     << config.scale.value_or(-1.0f) << " softcap " << config.softcap
+                     << (config.slopes.empty() ? "" : " with ALiBi"));
         const std::vector<index_t> expected = expected_pages(b, q, h, top, config);
         CHECK(row_of(fast, h) == expected);
         CHECK(row_of(oracle, h) == expected);
-        if (expected != expected_pages(b, q, h, top, config, true)) ++changed;
+        const std::vector<index_t> unchanged = baseline == without::marks
+                                                   ? expected_pages(b, q, h, top, config, true)
+                                                   : expected_pages(b, q, h, top, plain);
+        if (expected != unchanged) ++changed;
       }
     }
   }
   return changed;
 }
 
+// The three logit settings the selection tests run: attention's defaults, a scale, a softcap.
+std::vector<logit_config> logit_configs(const std::vector<float>& slopes = {}) {
+  return {{std::nullopt, 0.0f, slopes}, {0.6f, 0.0f, slopes}, {0.5f, 2.0f, slopes}};
+}
+
+// The cache of the merged-key and ALiBi selection tests: 2 KV heads x 16 pages of 4 tokens, d 16,
+// in a half cache (one layer), the keys as a tensor, and page bounds of type B for them.
+constexpr index_t small_page = 4, small_tokens = 64, small_kv_heads = 2, small_dim = 16;
+
+template <class B>
+struct small_cache {
+  attnkit::kv_cache<half> cache{{.layers = 1,
+                                 .kv_heads = small_kv_heads,
+                                 .head_dim = small_dim,
+                                 .page_size = small_page,
+                                 .capacity_pages = 2 * small_kv_heads * small_tokens / small_page}};
+  owned_tensor<half, 3> k = make_tensor3<half>(small_tokens, small_kv_heads, small_dim);
+  page_bounds<B> bounds{small_page, small_kv_heads, small_dim, small_tokens};
+
+  explicit small_cache(std::uint64_t seed) {
+    fill_normal(k, seed);
+    cache.append(0, k.cview(), k.cview());
+  }
+};
+
 }  // namespace
 
 TEMPLATE_TEST_CASE("quest_select: a page holding a merged key competes with its weighted bound",
                    "[quest][merged]", float, half, bfloat16) {
   using B = TestType;
-  // 2 KV heads x 16 pages of 4 tokens, d 16, one query token of a group of 2. The marks sit in
-  // page 2 of head 0 and page 14 of head 1 (the last page, 15, is kept anyway).
-  const index_t page = 4, n = 64, kv_heads = 2, dim = 16;
-  attnkit::kv_cache<half> cache({.layers = 1,
-                                 .kv_heads = kv_heads,
-                                 .head_dim = dim,
-                                 .page_size = page,
-                                 .capacity_pages = 2 * kv_heads * n / page});
-  auto k = make_tensor3<half>(n, kv_heads, dim);
-  auto v = make_tensor3<half>(n, kv_heads, dim);
-  fill_normal(k, 201);
-  fill_normal(v, 202);
-  cache.append(0, k.cview(), v.cview());
-  auto q = make_tensor3<float>(1, 2 * kv_heads, dim);
+  // One query token of a group of 2. The marks sit in page 2 of head 0 and page 14 of head 1 (the
+  // last page, 15, is kept anyway).
+  small_cache<B> fixture(201);
+  auto& [cache, k, b] = fixture;
+  auto q = make_tensor3<float>(1, 2 * small_kv_heads, small_dim);
   fill_normal(q, 203);
-  page_bounds<B> b(page, kv_heads, dim, n);
 
   SECTION("uniform heads") {
     b.update(attnkit::cpu, cache.view(0));
     CHECK_FALSE(b.has_merged_keys());
-    const index_t unmarked = check_merged_selection(b, q.cview());
+    const index_t unmarked = check_selection(b, q.cview(), logit_configs(), without::marks);
     CHECK(unmarked == 0);
     index_t changed = 0;
     for (const float count : {0.5f, 1.0f, 2.0f, 20.0f, 1e4f}) {
       cache.set_merged(0, 0, {9, count});
       cache.set_merged(0, 1, {58, count});
       // first_slots = the lengths: no page is rebuilt, the marks are read again.
-      const std::vector<index_t> lengths(2, n);
+      const std::vector<index_t> lengths(2, small_tokens);
       b.update(attnkit::cpu, cache.view(0), lengths);
       REQUIRE(b.has_merged_keys());
       CHECK(b.merged(0).slot == 9);
       CHECK(b.merged(1).slot == 58);
       CHECK(b.merged(1).count == count);
-      const index_t c = check_merged_selection(b, q.cview());
+      const index_t c = check_selection(b, q.cview(), logit_configs(), without::marks);
       if (count <= 1.0f) CHECK(c == 0);
       changed += c;
     }
@@ -1114,7 +1177,7 @@ TEMPLATE_TEST_CASE("quest_select: a page holding a merged key competes with its 
     b.update(attnkit::cpu, cache.view(0));
     REQUIRE_FALSE(b.uniform());
     CHECK(b.pages(1) == 11);
-    CHECK(check_merged_selection(b, q.cview()) >= 4);
+    CHECK(check_selection(b, q.cview(), logit_configs(), without::marks) >= 4);
   }
 }
 
@@ -1157,4 +1220,97 @@ TEMPLATE_TEST_CASE("quest: merged keys that the view gets wrong throw and change
   expect_error([&] { attnkit::quest_select(reference, q.cview(), b, 2, layout, options); },
                {"attnkit::quest_select", "softcap is nan"});
   CHECK(row_of(layout, 1) == row);
+}
+
+TEMPLATE_TEST_CASE("quest_select: under ALiBi pages rank by their logit bound, bias included",
+                   "[quest][alibi]", float, half, bfloat16) {
+  using B = TestType;
+  // Groups of 2 query heads.
+  small_cache<B> fixture(301);
+  auto& [cache, k, b] = fixture;
+  // Mild, steep, zero and negative slopes, so that rankings mix U and position.
+  const std::vector<float> slopes = {0.02f, 0.3f, 0.0f, -0.05f};
+  const std::vector<logit_config> configs = logit_configs(slopes);
+
+  SECTION("uniform heads: decode and a chunk of 3 queries") {
+    b.update(attnkit::cpu, cache.view(0));
+    for (const index_t q_tokens : {1, 3}) {
+      auto q = make_tensor3<float>(q_tokens, 2 * small_kv_heads, small_dim);
+      fill_normal(q, 302 + static_cast<std::uint64_t>(q_tokens));
+      // The ALiBi must move selections, or this would not test it.
+      CHECK(check_selection(b, q.cview(), configs, without::slopes) >= 10);
+      // What the ranking relies on: every key's logit, as attention computes it, is at most its
+      // row's bound on the key's page.
+      for (const logit_config& config : configs)
+        for (index_t h = 0; h < small_kv_heads; ++h)
+          for (index_t t = 0; t < q_tokens; ++t)
+            for (index_t g = 0; g < 2; ++g)
+              for (index_t j = 0; j < small_tokens; ++j) {
+                double dot = 0.0;
+                for (index_t c = 0; c < small_dim; ++c)
+                  dot += double(q.cview()(t, 2 * h + g, c)) *
+                         double(attnkit::to_float(k.cview()(j, h, c)));
+                double s = scale_of(config, small_dim) * dot;
+                if (config.softcap > 0.0f) s = config.softcap * std::tanh(s / config.softcap);
+                s -= double(slopes[static_cast<std::size_t>(2 * h + g)]) *
+                     std::fabs(double(small_tokens - q_tokens + t - j));
+                CHECK(s <= row_logit_bound(b, q.cview(), h, j / small_page, t, g, config) + 1e-9);
+              }
+    }
+  }
+
+  SECTION("heads of different lengths, with a merged key") {
+    std::vector<index_t> evicted;
+    for (index_t s = 0; s < 40; s += 2) evicted.push_back(s);  // head 1 keeps 44 slots, 11 pages
+    cache.evict(0, 1, evicted);
+    cache.set_merged(0, 0, {30, 50.0f});
+    b.update(attnkit::cpu, cache.view(0));
+    REQUIRE_FALSE(b.uniform());
+    REQUIRE(b.has_merged_keys());
+    auto q = make_tensor3<float>(1, 2 * small_kv_heads, small_dim);
+    fill_normal(q, 305);
+    CHECK(check_selection(b, q.cview(), configs, without::slopes) >= 4);
+  }
+
+  SECTION("a steep slope keeps the pages nearest the query") {
+    b.update(attnkit::cpu, cache.view(0));
+    auto q = make_tensor3<float>(1, 2 * small_kv_heads, small_dim);
+    fill_normal(q, 306);
+    // 10 per slot of distance outweighs any difference of U here (|scale·q·k| < 10).
+    const std::vector<float> steep(4, 10.0f);
+    const logit_config config{std::nullopt, 0.0f, steep};
+    block_layout fast, oracle;
+    attnkit::quest_select(attnkit::cpu, q.cview(), b, 3, fast, config.options());
+    attnkit::quest_select(reference, q.cview(), b, 3, oracle, config.options(),
+                          attnkit::parallel::serial{});
+    for (index_t h = 0; h < small_kv_heads; ++h) {
+      CHECK(row_of(fast, h) == std::vector<index_t>{13, 14, 15});
+      CHECK(row_of(oracle, h) == std::vector<index_t>{13, 14, 15});
+    }
+  }
+
+  SECTION("invalid slopes throw and change nothing") {
+    b.update(attnkit::cpu, cache.view(0));
+    auto q = make_tensor3<float>(1, 2 * small_kv_heads, small_dim);
+    fill_normal(q, 307);
+    block_layout layout;
+    attnkit::quest_select(attnkit::cpu, q.cview(), b, 2, layout);
+    const std::vector<index_t> row = row_of(layout, 1);
+    const std::vector<float> three = {0.1f, 0.2f, 0.3f};
+    expect_error(
+        [&] {
+          attnkit::quest_select(attnkit::cpu, q.cview(), b, 2, layout,
+                                logit_config{std::nullopt, 0.0f, three}.options());
+        },
+        {"attnkit::quest_select", "alibi_slopes extent 0", "3", "q_heads", "4"});
+    const std::vector<float> not_finite = {0.1f, std::numeric_limits<float>::infinity(), 0.3f,
+                                           0.4f};
+    expect_error(
+        [&] {
+          attnkit::quest_select(reference, q.cview(), b, 2, layout,
+                                logit_config{std::nullopt, 0.0f, not_finite}.options());
+        },
+        {"attnkit::quest_select", "alibi_slopes[1] is inf", "finite"});
+    CHECK(row_of(layout, 1) == row);
+  }
 }

@@ -82,6 +82,24 @@ inline logit_transform check_logit_transform(const char* function, const attenti
   return {scale, options.softcap};
 }
 
+// Whether the options ask for ALiBi (a view with data or with extents: an empty view with a
+// pointer is checked, and refused, as slopes).
+inline bool has_alibi(const attention_options& options) noexcept {
+  return !options.alibi_slopes.empty() || options.alibi_slopes.data() != nullptr;
+}
+
+// One finite slope per query head; the values are read only where they live in host memory.
+inline void check_alibi_slopes(const char* function, const attention_options& options,
+                               index_t q_heads, argument_memory memory = argument_memory::host) {
+  check_extent(function, "alibi_slopes extent 0", options.alibi_slopes.extent(0), "q_heads",
+               q_heads);
+  check_view_data(function, "alibi_slopes", options.alibi_slopes);
+  if (memory == argument_memory::host)
+    for (index_t h = 0; h < q_heads; ++h)
+      require(std::isfinite(options.alibi_slopes(h)), function, ": alibi_slopes[", h, "] is ",
+              options.alibi_slopes(h), ", slopes must be finite");
+}
+
 inline void check_attention_options(const char* function, const attention_options& options,
                                     attention_params& p,
                                     argument_memory memory = argument_memory::host) {
@@ -89,14 +107,8 @@ inline void check_attention_options(const char* function, const attention_option
   p.scale = logits.scale;
   p.softcap = logits.softcap;
 
-  if (!options.alibi_slopes.empty() || options.alibi_slopes.data() != nullptr) {
-    check_extent(function, "alibi_slopes extent 0", options.alibi_slopes.extent(0), "q_heads",
-                 p.q_heads);
-    check_view_data(function, "alibi_slopes", options.alibi_slopes);
-    if (memory == argument_memory::host)
-      for (index_t h = 0; h < p.q_heads; ++h)
-        require(std::isfinite(options.alibi_slopes(h)), function, ": alibi_slopes[", h, "] is ",
-                options.alibi_slopes(h), ", slopes must be finite");
+  if (has_alibi(options)) {
+    check_alibi_slopes(function, options, p.q_heads, memory);
     p.alibi_slopes = options.alibi_slopes.data();
     p.alibi_stride = options.alibi_slopes.stride(0);
   }

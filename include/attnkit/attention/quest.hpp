@@ -43,8 +43,12 @@
 // what keeps U from becoming NaN); a non-zero one facing an infinite bound makes U = +inf, so that
 // page ranks first (ties among +inf pages: the lower page), as it may hold an unbounded logit.
 //
-// Scale and softcap are monotone in the logit and are left out of the bound; the bound holds for
-// ALiBi-free scores (a per-key ALiBi bias would have to be added per page).
+// Scale and softcap are monotone in the logit and are left out of the bound. ALiBi is not: its
+// bias -slope·|q_pos - j| depends on where the key sits, so with alibi_slopes in the options each
+// query row's bound becomes a bound on its logits, softcap(scale·U) plus the largest bias over the
+// page's slots (at the slot nearest the query for a positive slope), and pages are ranked by that
+// (core/page_bounds_layout.hpp). Pass the attention call's options and the selection ranks what
+// that call will compute.
 //
 // Merged keys. A paged update records each head's merged key (paged_kv_view::merged_keys, e.g.
 // RazorAttention's compensation token, whose logit the kernels raise by ln(count)). The page
@@ -381,7 +385,7 @@ const merged_page* merged_pages(const page_bounds<T>& bounds, logit_transform lo
 template <class Backend, class Q, class T, class E>
 void quest_select_per_head(const Backend& backend, tensor_view<const Q, 3> q,
                            const page_bounds<T>& bounds, index_t top_pages, block_layout& layout,
-                           const merged_page* merged, E& executor) {
+                           const merged_page* merged, const alibi_pages* alibi, E& executor) {
   const index_t kv_heads = bounds.kv_heads();
   const index_t group = q.extent(1) / kv_heads;
   const index_t q_tokens = q.extent(0);
@@ -407,8 +411,16 @@ void quest_select_per_head(const Backend& backend, tensor_view<const Q, 3> q,
     head_rows.pages = bounds.pages(h);
     const tensor_view<const Q, 3> head_q(q.row(0, h * group), {q_tokens, group, q.extent(2)},
                                          q.strides());
+    // Under ALiBi the head's rows see its own length and its own group's slopes.
+    alibi_pages head_alibi;
+    if (alibi != nullptr) {
+      head_alibi = *alibi;
+      head_alibi.slopes = alibi->slopes + h * group * alibi->stride;
+      head_alibi.tokens = bounds.tokens(h);
+    }
     quest_select_impl(backend, head_q, head_rows, kept, scratch.columns.data() + offset,
-                      merged == nullptr ? nullptr : merged + h, executor);
+                      merged == nullptr ? nullptr : merged + h,
+                      alibi == nullptr ? nullptr : &head_alibi, executor);
   }
 
   block_layout_shape shape;
@@ -438,7 +450,10 @@ void quest_select_per_head(const Backend& backend, tensor_view<const Q, 3> q,
 // head's queries sit at its own last slots). It serves attention over the same cache with causal
 // or full masking composed as the caller wishes. When the bounds hold merged keys (a paged update
 // of a view with marks), the page holding one is scored with its weight under `options`' scale
-// and softcap: pass the attention_options of the attention call (its other fields are ignored).
+// and softcap. With `options.alibi_slopes` ([q_heads], finite) the pages are ranked by their
+// logit bounds under the bias instead: max over the rows of softcap(scale·U) + the page's largest
+// bias, plus ln(count) for a merged key's page. Pass the attention_options of the attention call;
+// its other fields (log_sum_exp, observer) are ignored.
 // Runs on `executor`; the overloads without one use parallel::default_thread_pool(), those
 // without options attention's defaults. The bounds may be stored in any T: the kernels widen them
 // to fp32 (SIMD) or fp64 (reference) as they read them.
@@ -471,12 +486,26 @@ void quest_select(const Backend& backend, tensor_view<TQ, 3> q, const page_bound
                   " elements");
   const detail::logit_transform logits =
       detail::check_logit_transform(function, options, bounds.head_dim());
+  detail::alibi_pages alibi_ranking;
+  const detail::alibi_pages* alibi = nullptr;
+  if (detail::has_alibi(options)) {
+    detail::check_alibi_slopes(function, options, q_heads);
+    alibi_ranking = {options.alibi_slopes.data(),
+                     options.alibi_slopes.stride(0),
+                     q_heads / kv_heads,
+                     q_tokens,
+                     tokens,
+                     bounds.page_size(),
+                     logits.scale,
+                     logits.softcap};
+    alibi = &alibi_ranking;
+  }
 
   detail::quest_layout_scratch& scratch = detail::quest_scratch();
   const detail::merged_page* merged = detail::merged_pages(bounds, logits, scratch.merged);
   if (!bounds.uniform()) {
     detail::quest_select_per_head(backend, tensor_view<const Q, 3>(q), bounds, top_pages, layout,
-                                  merged, executor);
+                                  merged, alibi, executor);
     return;
   }
   const index_t pages = bounds.pages();
@@ -487,7 +516,7 @@ void quest_select(const Backend& backend, tensor_view<TQ, 3> q, const page_bound
     scratch.row_offsets[static_cast<std::size_t>(h)] = h * kept;
   detail::quest_select_impl(backend, tensor_view<const Q, 3>(q),
                             detail::page_bounds_access::rows(bounds), kept, scratch.columns.data(),
-                            merged, executor);
+                            merged, alibi, executor);
 
   block_layout_shape shape;
   shape.query_block = q_tokens > 1 ? q_tokens : 1;

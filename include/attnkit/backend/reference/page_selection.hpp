@@ -90,11 +90,12 @@ void page_bounds_update_impl(backend::reference, const paged_kv_view<const TK>& 
 }
 
 // The Quest score of every page for one KV head, in fp64: the maximum over the head's query
-// heads and the query tokens of U(page) = Σ_c max(q_c·min_c, q_c·max_c), with 0 for q_c = 0.
-// -inf with no queries.
+// heads and the query tokens of U(page) = Σ_c max(q_c·min_c, q_c·max_c), with 0 for q_c = 0;
+// under ALiBi (alibi not null) the maximum of each row's logit bound instead
+// (core/page_bounds_layout.hpp). -inf with no queries.
 template <class TQ, class Rows>
 std::vector<double> reference_page_scores(tensor_view<const TQ, 3> q, const Rows& bounds,
-                                          index_t kv_head) {
+                                          index_t kv_head, const alibi_pages* alibi) {
   const index_t group = q.extent(1) / bounds.kv_heads;
   std::vector<double> scores(static_cast<std::size_t>(bounds.pages),
                              -std::numeric_limits<double>::infinity());
@@ -110,7 +111,7 @@ std::vector<double> reference_page_scores(tensor_view<const TQ, 3> q, const Rows
           const double x = to_float(q(t, h, c));
           if (x != 0.0) u += std::max(x * double(to_float(lo[c])), x * double(to_float(hi[c])));
         }
-        score = std::max(score, u);
+        score = std::max(score, alibi != nullptr ? alibi->logit(u, kv_head, t * group + g, p) : u);
       }
     }
   }
@@ -120,17 +121,19 @@ std::vector<double> reference_page_scores(tensor_view<const TQ, 3> q, const Rows
 // Writes, for every KV head h, the `kept` selected pages in ascending order to
 // columns[h * kept, (h + 1) * kept): the last page, and the kept - 1 best of the others (ties:
 // the lower page). `merged`, when not null, holds one entry per KV head: the page of the head's
-// merged key, whose score is raised by its weight (core/page_bounds_layout.hpp).
+// merged key, whose score is raised by its weight (core/page_bounds_layout.hpp). `alibi`, when
+// not null, ranks the pages by their logit bounds under ALiBi.
 template <class TQ, class Rows, class Executor>
 void quest_select_impl(backend::reference, tensor_view<const TQ, 3> q, const Rows& bounds,
-                       index_t kept, index_t* columns, const merged_page* merged, Executor&) {
+                       index_t kept, index_t* columns, const merged_page* merged,
+                       const alibi_pages* alibi, Executor&) {
   const index_t pages = bounds.pages;
   for (index_t h = 0; h < bounds.kv_heads; ++h) {
     index_t* row = columns + h * kept;
-    std::vector<double> scores = reference_page_scores(q, bounds, h);
+    std::vector<double> scores = reference_page_scores(q, bounds, h, alibi);
     if (merged != nullptr && merged[h].page >= 0 && merged[h].page < pages) {
       double& score = scores[static_cast<std::size_t>(merged[h].page)];
-      score = merged[h].raise(score);
+      score = alibi != nullptr ? merged[h].weigh_logit(score) : merged[h].raise(score);
     }
     std::vector<index_t> order(static_cast<std::size_t>(pages - 1));
     std::iota(order.begin(), order.end(), index_t{0});

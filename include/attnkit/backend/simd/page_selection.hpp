@@ -30,7 +30,9 @@
 // as the reference does. The last page is always kept (it holds the newest tokens, the query's
 // own included) and competes for nothing; the kept rows are sorted ascending. A page holding its
 // head's merged key competes with its score raised by the key's weight
-// (core/page_bounds_layout.hpp), computed in fp64 and rounded up to fp32.
+// (core/page_bounds_layout.hpp), computed in fp64 and rounded up to fp32. Under ALiBi each query
+// row's fp32 bound becomes its logit bound in fp64 (scale, softcap and the page's largest bias;
+// core/page_bounds_layout.hpp), and the page's score, their maximum, is rounded up to fp32.
 //
 // Scratch: the sign-split queries live in the calling thread's call arena (scratch.hpp), the keys
 // in a thread-local vector of the calling thread; both grow on the first call of a size and are
@@ -216,14 +218,17 @@ ATTNKIT_ALWAYS_INLINE std::uint64_t page_key(float score, index_t page) noexcept
   return (std::uint64_t{ordered} << 32) | (0xFFFFFFFFu - static_cast<std::uint32_t>(page));
 }
 
+// An fp64 score rounded up to fp32, so that it stays a bound. (next_up on the bits: under ALiBi
+// every page takes this path, and std::nextafter's library call cost a third of the selection.)
+inline float round_up_score(double score) noexcept {
+  const float rounded = static_cast<float>(score);
+  return double(rounded) < score ? next_up(rounded) : rounded;
+}
+
 // The score of a page holding its head's merged key, raised by the key's weight
 // (core/page_bounds_layout.hpp) in fp64 and rounded up to fp32: still a bound on its logits.
 inline float raised_score(const merged_page& merged, float score) noexcept {
-  const double raised = merged.raise(double(score));
-  float rounded = static_cast<float>(raised);
-  if (double(rounded) < raised)
-    rounded = std::nextafter(rounded, std::numeric_limits<float>::infinity());
-  return rounded;
+  return round_up_score(merged.raise(double(score)));
 }
 
 ATTNKIT_ALWAYS_INLINE index_t page_of_key(std::uint64_t key) noexcept {
@@ -282,34 +287,66 @@ ATTNKIT_ALWAYS_INLINE void page_bound_rows_checked(const T* page, const float* q
     page_bound_rows<A, Rows, true>(page, q, padded_dim, sums);
 }
 
-// The score of one page: the maximum bound over `rows` query rows (-inf when there are none).
-template <class A, class T>
-ATTNKIT_ALWAYS_INLINE float page_score(const T* page, const float* q, index_t rows,
-                                       index_t padded_dim) {
-  float score = -std::numeric_limits<float>::infinity();
+// Calls visit(row, bound) for each of `rows` query rows' bound on one page, 4 rows at a time.
+template <class A, class T, class Visit>
+ATTNKIT_ALWAYS_INLINE void for_each_row_bound(const T* page, const float* q, index_t rows,
+                                              index_t padded_dim, Visit&& visit) {
   float sums[4];
   index_t r = 0;
   for (; r + 4 <= rows; r += 4) {
     page_bound_rows_checked<A, 4>(page, q + r * 2 * padded_dim, padded_dim, sums);
-    score = std::max({score, sums[0], sums[1], sums[2], sums[3]});
+    for (int i = 0; i < 4; ++i) visit(r + i, sums[i]);
   }
   const float* tail = q + r * 2 * padded_dim;
   switch (rows - r) {
     case 3:
       page_bound_rows_checked<A, 3>(page, tail, padded_dim, sums);
-      score = std::max({score, sums[0], sums[1], sums[2]});
       break;
     case 2:
       page_bound_rows_checked<A, 2>(page, tail, padded_dim, sums);
-      score = std::max({score, sums[0], sums[1]});
       break;
     case 1:
       page_bound_rows_checked<A, 1>(page, tail, padded_dim, sums);
-      score = std::max(score, sums[0]);
       break;
     default:
-      break;
+      return;
   }
+  for (index_t i = 0; i < rows - r; ++i) visit(r + i, sums[i]);
+}
+
+// The score of one page: the maximum bound over `rows` query rows (-inf when there are none).
+template <class A, class T>
+ATTNKIT_ALWAYS_INLINE float page_score(const T* page, const float* q, index_t rows,
+                                       index_t padded_dim) {
+  float score = -std::numeric_limits<float>::infinity();
+  for_each_row_bound<A>(page, q, rows, padded_dim,
+                        [&](index_t, float bound) { score = std::max(score, bound); });
+  return score;
+}
+
+// The score of one page under ALiBi (core/page_bounds_layout.hpp), in fp64 from the rows' fp32
+// bounds: the maximum over the rows of their logit bounds, weighted when the page holds the
+// head's merged key.
+template <class A, class T>
+ATTNKIT_ALWAYS_INLINE double alibi_page_score(const T* page, const float* q, index_t rows,
+                                              index_t padded_dim, const alibi_pages& alibi,
+                                              index_t kv_head, index_t page_index) {
+  const index_t first = alibi.first_slot(page_index);
+  const index_t last = alibi.last_slot(page_index);
+  double score = -std::numeric_limits<double>::infinity();
+  // Rows are visited in order, token by token, a group of heads each: the distances change once
+  // per token, and no row needs a division.
+  index_t head_in_group = 0;
+  index_t q_pos = alibi.query_slot(0);
+  alibi_pages::distances d = alibi_pages::distances_to(q_pos, first, last);
+  for_each_row_bound<A>(page, q, rows, padded_dim, [&](index_t, float bound) {
+    const double slope = alibi.slopes[(kv_head * alibi.group + head_in_group) * alibi.stride];
+    score = std::max(score, alibi.logit(double(bound), slope, d));
+    if (++head_in_group == alibi.group) {
+      head_in_group = 0;
+      d = alibi_pages::distances_to(++q_pos, first, last);
+    }
+  });
   return score;
 }
 
@@ -391,7 +428,7 @@ void page_bounds_update_impl(backend::simd<Arch>, const paged_kv_view<const TK>&
 template <class Arch, class TQ, class Rows, class Executor>
 void quest_select_impl(backend::simd<Arch>, tensor_view<const TQ, 3> q, const Rows& bounds,
                        index_t kept, index_t* columns, const merged_page* merged,
-                       Executor& executor) {
+                       const alibi_pages* alibi, Executor& executor) {
   using A = Arch;
   const index_t pages = bounds.pages;
   const index_t kv_heads = bounds.kv_heads;
@@ -443,6 +480,15 @@ void quest_select_impl(backend::simd<Arch>, tensor_view<const TQ, 3> q, const Ro
     const float* head_q = staged + h * head_floats;
     std::uint64_t* head_keys = keys + h * pages;
     const index_t merged_at = merged != nullptr ? merged[h].page : -1;
+    if (alibi != nullptr) {
+      for (index_t p = begin; p < end; ++p) {
+        double score =
+            simd::alibi_page_score<A>(bounds.min_row(h, p), head_q, rows, padded_dim, *alibi, h, p);
+        if (p == merged_at) score = merged[h].weigh_logit(score);
+        head_keys[p] = simd::page_key(simd::round_up_score(score), p);
+      }
+      return;
+    }
     for (index_t p = begin; p < end; ++p) {
       float score = simd::page_score<A>(bounds.min_row(h, p), head_q, rows, padded_dim);
       if (p == merged_at) score = simd::raised_score(merged[h], score);
