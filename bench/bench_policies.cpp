@@ -11,10 +11,17 @@
 //   compress/<policy>   compress() evicting that token: select + kv_cache::retain (which moves the
 //                       rows after the evicted slot down, the cache's cost) + the policy's score
 //                       renumbering
+//   paired/<policy>     plain and observed decode steps in alternating pairs (which of the two
+//                       runs first alternates as well), each from cold caches; see below.
 // Counters: overhead = (t_observed - t_plain + t_select) / t_plain, the policy's own share of a
 // step (the target: < 5% at 32K), with t_observed the policy's own observed attention
 // (t_plain for StreamingLLM, which observes nothing); compress_overhead adds the cache's
-// compaction.
+// compaction. These divide times measured by different benchmarks, seconds or minutes apart, and
+// this VM drifts by 15-30 % over minutes, so they can be off by more than the effect. The paired
+// benchmarks report the observer's cost as the median over the pairs of t_observed / t_plain - 1
+// (observer_overhead: each ratio compares two calls made within milliseconds), plain_ms and
+// observed_ms (medians), and select_share, the policy's select() time (select/<policy>, when it
+// ran before) over the median plain step: what a step that also selects adds.
 //
 // Decode starts from cold caches (a sweep larger than the last-level cache between calls,
 // untimed), as bench_sparse does; select runs on a warm score table, as it would right after the
@@ -32,6 +39,7 @@
 #include <attnkit/kvcache/policies/streaming.hpp>
 #include <attnkit/kvcache/policies/tova.hpp>
 #include <chrono>
+#include <cstddef>
 #include <map>
 #include <memory>
 #include <string>
@@ -122,15 +130,22 @@ attnkit::streaming_policy& streaming() {
   return p;
 }
 
+// The policy's name in the benchmarks' names.
+template <class Policy>
+std::string name_of(const Policy&) {
+  if constexpr (std::is_same_v<Policy, attnkit::h2o_policy>) return "h2o";
+  if constexpr (std::is_same_v<Policy, attnkit::tova_policy>) return "tova";
+  static_assert(std::is_same_v<Policy, attnkit::h2o_policy> ||
+                    std::is_same_v<Policy, attnkit::tova_policy> ||
+                    std::is_same_v<Policy, attnkit::streaming_policy>,
+                "bench_policies: name the policy");
+  return "streaming";
+}
+
 // The attention benchmark a policy's decode step runs: observed with its own observer, or plain.
 template <class Policy>
 std::string attention_of(const Policy& policy) {
-  if constexpr (std::is_same_v<Policy, attnkit::h2o_policy>) return "attention/observed_h2o";
-  if constexpr (std::is_same_v<Policy, attnkit::tova_policy>) return "attention/observed_tova";
-  static_assert(!attnkit::observing_policy<Policy> || std::is_same_v<Policy, attnkit::h2o_policy> ||
-                    std::is_same_v<Policy, attnkit::tova_policy>,
-                "bench_policies: an observing policy needs its own observed attention benchmark");
-  (void)policy;
+  if constexpr (attnkit::observing_policy<Policy>) return "attention/observed_" + name_of(policy);
   return "attention/plain";
 }
 
@@ -169,6 +184,50 @@ void bm_select(benchmark::State& state, Policy& policy) {
   const double seconds = timed(
       state, false, [] {}, [&] { policy.select(s.cache.view(0), 0, budget, keep); });
   set_overheads(state, policy, seconds, "overhead");
+  seconds_per_call["select/" + name_of(policy)] = seconds;
+}
+
+double median(std::vector<double> values) {
+  if (values.empty()) return 0.0;
+  const auto middle = values.begin() + std::ptrdiff_t(values.size() / 2);
+  std::nth_element(values.begin(), middle, values.end());
+  return *middle;
+}
+
+// Plain and observed steps in alternating pairs (see the header comment).
+template <class Policy>
+void bm_paired(benchmark::State& state, Policy& policy) {
+  decode_step& s = step();
+  s.grow_to_one_over();
+  attnkit::attention_options plain, observed;
+  observed.observer = policy.observer(0);
+  std::vector<double> ratios, plain_seconds, observed_seconds;
+  bool observed_first = false;
+  for (auto _ : state) {
+    double seconds[2] = {0.0, 0.0};  // plain, observed
+    for (const bool is_observed : {observed_first, !observed_first}) {
+      state.PauseTiming();
+      attnkit_bench::sweep_caches();
+      state.ResumeTiming();
+      const auto start = std::chrono::steady_clock::now();
+      s.attend(is_observed ? observed : plain);
+      benchmark::ClobberMemory();
+      seconds[is_observed ? 1 : 0] =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }
+    state.SetIterationTime(seconds[0] + seconds[1]);
+    ratios.push_back(seconds[1] / seconds[0]);
+    plain_seconds.push_back(seconds[0]);
+    observed_seconds.push_back(seconds[1]);
+    observed_first = !observed_first;
+  }
+  const double plain_median = median(plain_seconds);
+  state.counters["observer_overhead"] = median(ratios) - 1.0;
+  state.counters["plain_ms"] = plain_median * 1e3;
+  state.counters["observed_ms"] = median(observed_seconds) * 1e3;
+  const auto select = seconds_per_call.find("select/" + name_of(policy));
+  if (select != seconds_per_call.end() && plain_median > 0.0)
+    state.counters["select_share"] = select->second / plain_median;
 }
 
 template <class Policy>
@@ -200,6 +259,9 @@ void register_all() {
   reg("select/streaming", [](benchmark::State& s) { bm_select(s, streaming()); })->MinTime(0.2);
   reg("compress/h2o", [](benchmark::State& s) { bm_compress(s, h2o()); })->MinTime(0.2);
   reg("compress/streaming", [](benchmark::State& s) { bm_compress(s, streaming()); })->MinTime(0.2);
+  // 40 pairs: a median that one slow pair in ten does not move.
+  reg("paired/h2o/n_kv:32768", [](benchmark::State& s) { bm_paired(s, h2o()); })->Iterations(40);
+  reg("paired/tova/n_kv:32768", [](benchmark::State& s) { bm_paired(s, tova()); })->Iterations(40);
 }
 
 }  // namespace
