@@ -335,13 +335,12 @@ ATTNKIT_ALWAYS_INLINE double alibi_page_score(const T* page, const float* q, ind
   const index_t last = alibi.last_slot(page_index);
   double score = -std::numeric_limits<double>::infinity();
   // Rows are visited in order, token by token, a group of heads each: the distances change once
-  // per token, and no row needs a division.
+  // per token.
   index_t head_in_group = 0;
   index_t q_pos = alibi.query_slot(0);
   alibi_pages::distances d = alibi_pages::distances_to(q_pos, first, last);
   for_each_row_bound<A>(page, q, rows, padded_dim, [&](index_t, float bound) {
-    const double slope = alibi.slopes[(kv_head * alibi.group + head_in_group) * alibi.stride];
-    score = std::max(score, alibi.logit(double(bound), slope, d));
+    score = std::max(score, alibi.logit(double(bound), alibi.slope(kv_head, head_in_group), d));
     if (++head_in_group == alibi.group) {
       head_in_group = 0;
       d = alibi_pages::distances_to(++q_pos, first, last);
