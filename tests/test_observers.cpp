@@ -12,8 +12,11 @@
 //     exp turns an absolute error of the exponent into the same relative error of p;
 //   * s2 - lse2 rounds by eps·|x| relative to the exponent (again relative in p), the fast exp2
 //     errs by ~2 ulp and both sides round to float once (eps each): eps·(|x| + 6) altogether;
-//   * the fast exp2 returns exact zero below 2^-126, so p_ref under that may come out as 0.
-// So |p - p_ref| <= p_ref·(δs + δlse + eps·(|x| + 6)) + 2^-126. accumulate_key_mass adds the
+//   * the fast exp2 returns exact zero below 2^-126, and turning a kept value into a probability
+//     flushes results below 2^-125 to zero (scale_by_exp2 keeps a rounding step of margin above
+//     the subnormals), so a p_ref under 2^-125 — or just above it, with the logit error — may
+//     come out as 0.
+// So |p - p_ref| <= p_ref·(δs + δlse + eps·(|x| + 6)) + 2^-125. accumulate_key_mass adds the
 // rows of a KV head in float: each addition rounds by eps relative to the running sum, which is at
 // most the final entry, so an entry that received `adds` rows may err by a further
 // adds·eps·|entry|. Keys that no observed row can see must come out as exactly 0 (their logits
@@ -82,10 +85,10 @@ struct reference_rows {
   }
   // Allowed |p - p_ref| for one probability of row r (see the top of the file).
   double allowed(const row_collector::row& r, double p_ref) const {
-    if (p_ref == 0.0) return 0x1p-126;
+    if (p_ref == 0.0) return 0x1p-125;
     const double lse_error = model.lse_tolerance().allowed(lse_of(r));
     return p_ref * (model.logit_error() + lse_error + eps * (std::fabs(std::log(p_ref)) + 6.0)) +
-           0x1p-126;
+           0x1p-125;
   }
 };
 
@@ -200,8 +203,11 @@ std::string describe(const attention_case& c, const any_mask& mask, index_t last
   std::ostringstream s;
   s << "q " << c.q_tokens << " x " << c.q_heads << " heads, kv " << c.kv_tokens << " x "
     << c.kv_heads << " heads, d " << c.head_dim << ", mask " << mask.name() << ", last_queries "
-    << last_queries << (executor == wide_executor() ? ", wide executor" : "") << ", seed "
-    << c.seed;
+    << last_queries
+    << (executor == wide_executor()     ? ", wide executor"
+        : executor == serial_executor() ? ", serial executor"
+                                        : "")
+    << ", seed " << c.seed;
   return s.str();
 }
 
@@ -251,7 +257,8 @@ TEST_CASE("observers: decode key mass matches the reference and sums to the grou
   // One query token: the mass of a KV head is the sum of its group's probability rows, so each
   // KV head's mass sums to group_size. The long caches split the keys across threads (on the
   // default pool as soon as the machine has two threads; always on the wide executor): the
-  // probabilities must use the merged log-sum-exp, not a split's.
+  // probabilities must use the merged log-sum-exp, not a split's. On the serial executor, 4 or
+  // more KV heads give one unsplit item per head, which adds its own rows (GQA 1, 4 and 16).
   struct run {
     attention_case c;
     const any_mask* mask;
@@ -263,7 +270,10 @@ TEST_CASE("observers: decode key mass matches the reference and sums to the grou
                 run{shape(1, 3000, 8, 1, 128), &causal_mask, wide_executor()},
                 run{shape(1, 5000, 4, 4, 80), &full_mask, wide_executor()},
                 run{shape(1, 20000, 16, 1, 64), &causal_mask, nullptr},
-                run{shape(1, 12000, 8, 2, 64), &full_mask, wide_executor()}}) {
+                run{shape(1, 12000, 8, 2, 64), &full_mask, wide_executor()},
+                run{shape(1, 3000, 16, 4, 128), &causal_mask, serial_executor()},
+                run{shape(1, 2500, 8, 8, 96), &full_mask, serial_executor()},
+                run{shape(1, 1500, 64, 4, 80), &causal_mask, serial_executor()}}) {
     r.c.seed = ++seed;
     const auto in = make_inputs<float, float>(r.c);
     check_key_mass<float>(r.c, in, *r.mask, 1, r.executor);
@@ -274,6 +284,9 @@ TEST_CASE("observers: decode key mass matches the reference and sums to the grou
   check_key_mass<float>(c, make_inputs<float, attnkit::half>(c), causal_mask, 1, wide_executor());
   check_key_mass<attnkit::bfloat16>(c, make_inputs<attnkit::bfloat16, attnkit::bfloat16>(c),
                                     causal_mask, 1, wide_executor());
+  c = shape(1, 4099, 16, 4, 128);
+  c.seed = ++seed;
+  check_key_mass<float>(c, make_inputs<float, attnkit::half>(c), causal_mask, 1, serial_executor());
 }
 
 TEST_CASE("observers: steep logit ramps (ALiBi, large logits) keep exact probabilities",
@@ -294,6 +307,16 @@ TEST_CASE("observers: steep logit ramps (ALiBi, large logits) keep exact probabi
     c.q_sd = 30.0;
     c.seed = ++seed;
     check_key_mass<float>(c, make_inputs<float, attnkit::half>(c), full_mask, 1, executor);
+  }
+  {  // The same ramps where each unsplit item adds its own rows (serial executor, 4 KV heads).
+    attention_case c = shape(1, 3001, 8, 4, 64);
+    c.alibi = {0.03f, 0.25f, 1.0f, 4.0f, 0.5f, 2.0f, 8.0f, 0.1f};
+    c.seed = ++seed;
+    check_key_mass<float>(c, make_inputs<float, float>(c), causal_mask, 1, serial_executor());
+    c = shape(1, 4099, 8, 4, 128);
+    c.q_sd = 30.0;
+    c.seed = ++seed;
+    check_key_mass<float>(c, make_inputs<float, attnkit::half>(c), full_mask, 1, serial_executor());
   }
   // Prefill's observation window (the column kernel) under the same ramps.
   attention_case c = shape(40, 700, 8, 2, 64);
@@ -326,6 +349,17 @@ TEST_CASE("observers: key mass kept in fp16 (observed_precision::half) within it
     c.q_sd = 30.0;
     c.seed = ++seed;
     check_key_mass<float>(c, make_inputs<float, attnkit::half>(c), full_mask, 1, executor, half, 4);
+  }
+  {  // Each unsplit item adds its own rows (serial executor, 4 KV heads), ramps included.
+    attention_case c = shape(1, 5000, 16, 4, 128);
+    c.seed = ++seed;
+    check_key_mass<float>(c, make_inputs<float, attnkit::half>(c), causal_mask, 1,
+                          serial_executor(), half);
+    c = shape(1, 3001, 8, 4, 64);
+    c.alibi = {0.03f, 0.25f, 1.0f, 4.0f, 0.5f, 2.0f, 8.0f, 0.1f};
+    c.seed = ++seed;
+    check_key_mass<float>(c, make_inputs<float, float>(c), causal_mask, 1, serial_executor(), half,
+                          4);
   }
   attention_case c = shape(40, 700, 8, 2, 64);
   c.seed = ++seed;
@@ -367,27 +401,32 @@ TEST_CASE("observers: the kernel's direct key-mass sum equals adding the deliver
     index_t last_queries;
   };
   std::uint64_t seed = 30700;
+  // On the serial executor, each unsplit item of a 4-KV-head decode adds its own rows, whole
+  // chunks in one pass over the table and chunks a window cuts row by row.
   for (run r : {run{shape(1, 5000, 8, 2, 64), any_mask(sliding_window{1500, 0, 4}, "window"), 1},
                 run{shape(1, 3001, 16, 4, 128), causal_mask, 1},
-                run{shape(48, 2100, 8, 2, 64), causal_mask, 17}}) {
-    r.c.seed = ++seed;
-    const auto in = make_inputs<float, attnkit::half>(r.c);
-    const auto table_size = static_cast<std::size_t>(r.c.kv_heads * r.c.kv_tokens);
-    std::vector<float> direct(table_size, 0.25f), by_rows(table_size, 0.25f);
-    accumulate_key_mass key_mass({direct.data(), {r.c.kv_heads, r.c.kv_tokens}}, r.last_queries);
-    row_adder adder{{by_rows.data(), {r.c.kv_heads, r.c.kv_tokens}}};
-    for (int pass = 0; pass < 2; ++pass) {
-      auto out = make_tensor3<float>(r.c.q_tokens, r.c.q_heads, r.c.head_dim);
-      attnkit::attention_options options;
-      options.observer = pass == 0 ? attnkit::attention_observer(key_mass)
-                                   : attnkit::attention_observer(adder, r.last_queries);
-      cpu_masked{wide_executor()}(in.q.cview(), in.k.cview(), in.v.cview(), out.view(), r.mask,
-                                  options);
+                run{shape(48, 2100, 8, 2, 64), causal_mask, 17},
+                run{shape(1, 5000, 16, 4, 64), any_mask(sliding_window{1500, 0, 4}, "window"), 1},
+                run{shape(1, 2100, 64, 4, 80), full_mask, 1},
+                run{shape(20, 2100, 16, 4, 64), causal_mask, 5}})
+    for (const any_executor* executor : {wide_executor(), serial_executor()}) {
+      r.c.seed = ++seed;
+      const auto in = make_inputs<float, attnkit::half>(r.c);
+      const auto table_size = static_cast<std::size_t>(r.c.kv_heads * r.c.kv_tokens);
+      std::vector<float> direct(table_size, 0.25f), by_rows(table_size, 0.25f);
+      accumulate_key_mass key_mass({direct.data(), {r.c.kv_heads, r.c.kv_tokens}}, r.last_queries);
+      row_adder adder{{by_rows.data(), {r.c.kv_heads, r.c.kv_tokens}}};
+      for (int pass = 0; pass < 2; ++pass) {
+        auto out = make_tensor3<float>(r.c.q_tokens, r.c.q_heads, r.c.head_dim);
+        attnkit::attention_options options;
+        options.observer = pass == 0 ? attnkit::attention_observer(key_mass)
+                                     : attnkit::attention_observer(adder, r.last_queries);
+        cpu_masked{executor}(in.q.cview(), in.k.cview(), in.v.cview(), out.view(), r.mask, options);
+      }
+      INFO(describe(r.c, r.mask, r.last_queries, executor));
+      CHECK(identical_bits(direct, by_rows));
+      CHECK(direct != std::vector<float>(table_size, 0.25f));
     }
-    INFO(describe(r.c, r.mask, r.last_queries, wide_executor()));
-    CHECK(identical_bits(direct, by_rows));
-    CHECK(direct != std::vector<float>(table_size, 0.25f));
-  }
 }
 
 TEST_CASE("observers: decode key mass under masks (windows, per-head windows, Quest)",
@@ -399,11 +438,16 @@ TEST_CASE("observers: decode key mass under masks (windows, per-head windows, Qu
   attention_case c = shape(1, 5000, 8, 2, 128);
   c.seed = ++seed;
   const auto in = make_inputs<float, float>(c);
+  attention_case unsplit = shape(1, 5000, 16, 4, 64);  // serial: items add their own rows
+  unsplit.seed = ++seed;
+  const auto unsplit_in = make_inputs<float, float>(unsplit);
   for (const sliding_window& w :
-       {sliding_window{17, 0, 4}, sliding_window{100, 0, 0, 3}, sliding_window{2000, 0, 4}})
+       {sliding_window{17, 0, 4}, sliding_window{100, 0, 0, 3}, sliding_window{2000, 0, 4}}) {
     for (const any_executor* executor :
          {static_cast<const any_executor*>(nullptr), wide_executor()})
       check_key_mass<float>(c, in, any_mask(w, window_name(w)), 1, executor);
+    check_key_mass<float>(unsplit, unsplit_in, any_mask(w, window_name(w)), 1, serial_executor());
+  }
 
   const std::vector<sliding_window> table = {{0, 0}, {17, 0, 4}, {100, 0, 0, 2}, {4000, 0},
                                              {1, 0}, {64, 64},   {5, 0, 4, 3},   {2000, 0, 4}};

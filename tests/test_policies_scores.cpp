@@ -178,6 +178,77 @@ TEST_CASE("attention_scores: accumulate, replace, renumber, and shape errors", "
   CHECK(head(acc, 300)[299] == 1.0f);
 }
 
+TEST_CASE("attention_scores: replace clears each head's previous call, however it is read",
+          "[policies]") {
+  // Under score_update::replace a call's check() marks every head stale and a head's row is
+  // cleared when it is first asked for (the kernel's rows) or before any host-side read.
+  attnkit::attention_scores rep(1, attnkit::score_update::replace, 1);
+  auto head = [&](index_t h, index_t n) {
+    const auto row = rep.head("test", 0, 2, h, n);
+    return std::vector<float>(row.begin(), row.end());
+  };
+  observe_call(rep.observer(0), 2, 300, {{row_of(300, {{299, 1.0f}}), row_of(300, {{7, 1.0f}})}});
+  // A shorter call: its keys replace, and the slots only the longer call reached are 0.
+  observe_call(rep.observer(0), 2, 5, {{row_of(5, {{1, 1.0f}}), row_of(5, {{2, 1.0f}})}});
+  std::vector<float> expected(300, 0.0f);
+  expected[1] = 1.0f;
+  CHECK(head(0, 300) == expected);
+  expected[1] = 0.0f;
+  expected[2] = 1.0f;
+  CHECK(head(1, 300) == expected);
+  // A call whose rows never came (its kernel failed): nothing of the previous call remains.
+  rep.observer(0).check(attention_shape{1, 5, 2, 2});
+  CHECK(head(0, 300) == std::vector<float>(300, 0.0f));
+  CHECK(head(1, 300) == std::vector<float>(300, 0.0f));
+  // Only head 0's rows came: head 1 still reads as cleared.
+  observe_call(rep.observer(0), 2, 5, {{row_of(5, {{3, 1.0f}}), row_of(5, {{4, 1.0f}})}});
+  rep.observer(0).check(attention_shape{1, 5, 2, 2});
+  rep.observer(0)(observed_row{0, 0, 0, std::span<const float>(row_of(5, {{0, 1.0f}}))});
+  CHECK(head(0, 5) == std::vector<float>{1, 0, 0, 0, 0});
+  CHECK(head(1, 5) == std::vector<float>(5, 0.0f));
+
+  // The SIMD kernel's rows (added by each unsplit item on the serial executor, or after the
+  // split-KV merge on the default pool): a table that saw a longer call and then a shorter one
+  // equals, bit for bit, a table that saw only the shorter one.
+  constexpr index_t q_heads = 8, kv_heads = 4, d = 64, n = 3000, shorter = 2100;
+  attnkit_test::rng random(11);
+  std::vector<float> q(static_cast<std::size_t>(2 * q_heads * d)),
+      k(static_cast<std::size_t>(n * kv_heads * d)), v(k.size()), out(q.size() / 2);
+  for (float& x : q) x = static_cast<float>(random.normal());
+  for (float& x : k) x = static_cast<float>(random.normal());
+  for (float& x : v) x = static_cast<float>(random.normal());
+  auto attend = [&](attnkit::attention_scores& scores, index_t call, index_t keys,
+                    const attnkit_test::any_executor* executor) {
+    attnkit::attention_options options;
+    options.observer = scores.observer(0);
+    attnkit_test::cpu_attention(
+        attnkit_test::erase(
+            attnkit::tensor_view<const float, 3>(q.data() + call * q_heads * d, {1, q_heads, d})),
+        attnkit_test::erase(attnkit::tensor_view<const float, 3>(k.data(), {keys, kv_heads, d})),
+        attnkit_test::erase(attnkit::tensor_view<const float, 3>(v.data(), {keys, kv_heads, d})),
+        attnkit_test::erase(attnkit::tensor_view<float, 3>(out.data(), {1, q_heads, d})),
+        attnkit_test::builtin_mask::causal, options, executor);
+  };
+  attnkit::parallel::serial serial;
+  const attnkit_test::any_executor serial_executor(serial);
+  for (const attnkit_test::any_executor* executor :
+       {static_cast<const attnkit_test::any_executor*>(nullptr), &serial_executor}) {
+    attnkit::attention_scores both(1, attnkit::score_update::replace, 1),
+        last(1, attnkit::score_update::replace, 1);
+    attend(both, 0, n, executor);
+    attend(both, 1, shorter, executor);
+    attend(last, 1, shorter, executor);
+    INFO((executor == nullptr ? "default pool" : "serial executor"));
+    for (index_t h = 0; h < kv_heads; ++h) {
+      const auto a = both.head("test", 0, kv_heads, h, n);
+      const auto b = last.head("test", 0, kv_heads, h, n);
+      CHECK(std::equal(a.begin(), a.end(), b.begin()));
+      CHECK(std::all_of(a.begin() + shorter, a.end(), [](float x) { return x == 0.0f; }));
+      CHECK(std::any_of(a.begin(), a.begin() + shorter, [](float x) { return x > 0.0f; }));
+    }
+  }
+}
+
 TEST_CASE("H2O keeps the largest accumulated scores plus the recent window", "[policies]") {
   auto cache = make_cache(1, 1, 12);
   attnkit::h2o_policy h2o(1);

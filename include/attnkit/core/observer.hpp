@@ -97,7 +97,9 @@ concept has_key_mass_precision = requires(const F& f) {
 //     but add its probabilities into that head's table (accumulate_key_mass, attention_scores).
 //     A kernel may then add the rows itself, key range by key range while they are in cache,
 //     instead of materialising and handing over each row: the same additions in the same order
-//     for every key (rows in delivery order), so the table gets the same bits;
+//     for every key (rows in delivery order), so the table gets the same bits (where the
+//     compiler does not contract a multiply and an add into one FMA: GCC's ISO modes such as
+//     -std=c++20 do not; -ffp-contract=fast may change last bits);
 //   - f.key_mass_precision() -> observed_precision, if present with key_mass_row: whether the
 //     kernel may keep those rows in fp16 until they are added (see observed_precision; default
 //     single).

@@ -14,7 +14,10 @@
 // * accumulate: rows add to the table; decode steps sum up (H2O, FastGen's frequency);
 // * replace: each attention call's rows replace the previous call's (TOVA: the current query;
 //   SnapKV: the last prefill chunk's observation window). The observer's check(), which the
-//   attention front door calls once per call before the kernel runs, starts the new observation.
+//   attention front door calls once per call before the kernel runs, starts the new observation:
+//   it marks every head's row stale, and a stale row is cleared when the kernel first asks for it
+//   (on the thread that then adds that head's rows, so the clearing runs in parallel and leaves
+//   the row in that core's cache) or before any host-side read.
 //
 // Slot renumbering: after a keep list is applied, compact(layer, keep) moves each kept slot's
 // mass down to its new slot and zeroes the rest, so new tokens start from zero mass.
@@ -100,6 +103,7 @@ class attention_scores {
   std::span<const float> head(const char* function, index_t layer, index_t kv_heads,
                               index_t kv_head, index_t length) {
     layer_state& s = *layers_[static_cast<std::size_t>(layer)];
+    s.settle();
     s.ensure(function, kv_heads, length);
     return {s.data.data() + kv_head * s.capacity, static_cast<std::size_t>(length)};
   }
@@ -121,6 +125,7 @@ class attention_scores {
   void compact(index_t layer, const keep_list& keep) {
     layer_state& s = *layers_[static_cast<std::size_t>(layer)];
     if (s.kv_heads == 0) return;
+    s.settle();
     index_t extent = 0;
     const index_t heads = std::min(s.kv_heads, keep.kv_heads());
     for (index_t h = 0; h < heads; ++h) {
@@ -142,6 +147,7 @@ class attention_scores {
   void reset() {
     for (auto& s : layers_) {
       std::fill(s->data.begin(), s->data.end(), 0.0f);
+      std::fill(s->stale.begin(), s->stale.end(), char{0});
       s->extent = 0;
     }
   }
@@ -161,21 +167,36 @@ class attention_scores {
       data.swap(grown);
       capacity = new_capacity;
       kv_heads = heads;
+      stale.assign(static_cast<std::size_t>(heads), char{0});
     }
 
     void begin_call(const attention_shape& shape) {
+      settle();  // rows a failed call never asked for
       ensure("attnkit::attention_scores (observer)", shape.kv_heads, shape.kv_tokens);
       q_heads = shape.q_heads;
       if (update == score_update::replace) {
-        for (index_t h = 0; h < kv_heads; ++h)
-          std::fill_n(data.data() + h * capacity, extent, 0.0f);
+        std::fill(stale.begin(), stale.end(), char{1});
+        stale_extent = extent;
         extent = 0;
       }
       extent = std::max(extent, shape.kv_tokens);
     }
 
+    // Clears a stale row (see the header comment); rows of different heads may be cleared
+    // concurrently (each its own flag and row).
+    void clear_if_stale(index_t kv_head) noexcept {
+      char& flag = stale[static_cast<std::size_t>(kv_head)];
+      if (flag == 0) return;
+      std::fill_n(data.data() + kv_head * capacity, stale_extent, 0.0f);
+      flag = 0;
+    }
+    void settle() noexcept {
+      for (index_t h = 0; h < static_cast<index_t>(stale.size()); ++h) clear_if_stale(h);
+    }
+
     attnkit::key_mass_target mass_row(index_t kv_head) noexcept {
       if (kv_head < 0 || kv_head >= kv_heads) return {};  // check() was not called
+      clear_if_stale(kv_head);
       return {data.data() + kv_head * capacity, 1, extent};
     }
 
@@ -187,7 +208,9 @@ class attention_scores {
     index_t q_heads = 0;   // of the last observed call
     index_t kv_heads = 0;  // 0 until the first call or host-side read
     index_t capacity = 0;  // slots per head in data
-    index_t extent = 0;    // slots at or past extent hold 0 in every head
+    index_t extent = 0;    // slots at or past extent hold 0 in every head that is not stale
+    index_t stale_extent = 0;  // a stale row's slots at or past it hold 0
+    std::vector<char> stale;   // per head: the row still holds the previous call's observation
     std::vector<float> data;
     observer_type handle{this};
   };

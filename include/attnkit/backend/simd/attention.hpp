@@ -15,6 +15,7 @@
 #include <limits>
 #include <span>
 #include <type_traits>
+#include <utility>
 
 #include "attnkit/backend/simd/column_tile.hpp"
 #include "attnkit/backend/simd/convert.hpp"
@@ -157,6 +158,9 @@ void run_tile(bool row_kernel, const tile_context<TKV>& context, const tile_job&
   }
 }
 
+// Keys per pass of the observer pass over a key-mass table.
+inline constexpr index_t observed_chunk = 1024;
+
 // What one work item kept of one observed row: keys [begin, end) hold 2^(s - reference)
 // (tile.hpp, keep_observed). A row has one per key split; reference -inf: nothing visible.
 struct observed_segment {
@@ -196,61 +200,180 @@ void observed_probabilities(const Mask& mask, position query, head_index head, p
   zero_until(keys.end);
 }
 
-// The observer pass: turns each observed row's kept exponentials into probabilities in a
-// per-thread row, handed to the observer while it is in cache (the kept buffer is only read).
-// One KV head per work item, so the rows of one KV head arrive in order on one thread, as
-// core/observer.hpp promises. Rows are `row_stride` elements apart; a KV head's rows hold its own
-// length's keys (kv.length). An observer that only sums rows into a key-mass table gets them
-// added directly, a range of keys at a time for all the head's rows (the range's probabilities
-// and table entries stay in L1; rows added in delivery order, so the same bits).
-template <class A, class TKV, class Mask, class Kept, class Executor>
-void deliver_observed_rows(const attention_params& p, const kv_source<TKV>& kv, const Mask& mask,
-                           const Kept* observed_values, const float* observed_lse2,
-                           const observed_segment* segments, index_t splits, index_t row_stride,
-                           Executor& executor) {
+// Whether every observed row of a KV head with a finite log-sum-exp sees all of keys [begin,
+// end) and holds them in one segment: then its probabilities there are its kept values times one
+// factor, and the rows can be added into a key-mass table together (sum_observed_chunk).
+template <class Mask, class RowFor>
+bool observed_chunk_is_whole(const Mask& mask, position_range keys, index_t rows,
+                             const observed_segment* const* segments, const float* lse2,
+                             index_t splits, RowFor&& row_for) {
+  for (index_t r = 0; r < rows; ++r) {
+    if (lse2[r] == -std::numeric_limits<float>::infinity()) continue;
+    const auto [query, head] = row_for(r);
+    bool whole = false;
+    for_each_visible_run(mask, query, head, keys, [&](position begin, position end) {
+      whole = begin == keys.begin && end == keys.end;
+    });
+    if (!whole) return false;
+    bool held = false;
+    for (index_t s = 0; s < splits && !held; ++s)
+      held = segments[r][s].begin <= keys.begin && keys.end <= segments[r][s].end;
+    if (!held) return false;
+  }
+  return true;
+}
+
+// The smallest positive value a kept exponential can hold.
+template <class Kept>
+inline constexpr float smallest_positive = std::is_same_v<Kept, half>
+                                               ? 0x1p-24f  // fp16's smallest subnormal
+                                               : std::numeric_limits<float>::denorm_min();
+
+// mass[j] += p_r[j] for every row r in order and keys j in [0, count), where p_r = kept_r ·
+// 2^(reference_r - lse2_r) as observed_probabilities computes it: the same operations in the same
+// order as adding the rows one by one (the same bits), with the table read and written once for
+// all rows instead of once per row, and no probability row in between.
+template <class A, class Kept>
+void sum_observed_chunk(float* mass, index_t count, const Kept* const* kept,
+                        const exp2_scaler* scalers, index_t rows) {
+  using batch = xsimd::batch<float, A>;
+  constexpr index_t width = batch::size;
+  constexpr index_t rows_per_pass = 8;
+  for (index_t first = 0; first < rows; first += rows_per_pass) {
+    const index_t last = std::min(rows, first + rows_per_pass);
+    // Where every row's scaler is a single multiply for all its values (the usual case), the
+    // loop says so, which halves its work.
+    const bool single_multiply = std::all_of(scalers + first, scalers + last, [](const auto& s) {
+      return s.is_single_multiply_for(smallest_positive<Kept>);
+    });
+    index_t j = 0;
+    if (single_multiply) {
+      for (; j + width <= count; j += width) {
+        batch sum = batch::load_unaligned(mass + j);
+        for (index_t r = first; r < last; ++r)
+          sum = sum + load_float<A>(kept[r] + j) * batch(scalers[r].first);
+        sum.store_unaligned(mass + j);
+      }
+    } else {
+      for (; j + width <= count; j += width) {
+        batch sum = batch::load_unaligned(mass + j);
+        for (index_t r = first; r < last; ++r) sum = sum + scalers[r](load_float<A>(kept[r] + j));
+        sum.store_unaligned(mass + j);
+      }
+    }
+    for (; j < count; ++j)
+      for (index_t r = first; r < last; ++r) mass[j] = mass[j] + scalers[r](to_float(kept[r][j]));
+  }
+}
+
+// Scratch floats deliver_head_rows needs for a head of n keys.
+inline index_t delivery_scratch_floats(const attention_params& p, index_t n) {
+  return p.observer.sums_key_mass() ? observed_chunk : std::max<index_t>(n, 1);
+}
+
+// The observer pass for one KV head, once its rows' log-sum-exps are final: turns each observed
+// row's kept exponentials (ctx's layout) into probabilities and hands them over in order, as
+// core/observer.hpp promises, in `scratch` (delivery_scratch_floats). The head's rows hold its
+// own length's keys (kv.length). An observer that only sums rows into a key-mass table gets them
+// added directly, observed_chunk keys at a time for all the head's rows (the range's table
+// entries stay in L1; rows added in delivery order, so the same bits): where every row sees the
+// whole range, in one pass over the table (sum_observed_chunk), otherwise row by row.
+template <class A, class Kept, class TKV, class Mask>
+void deliver_kept_rows(const attention_params& p, const tile_context<TKV>& ctx,
+                       const kv_source<TKV>& kv, const Mask& mask, const float* observed_lse2,
+                       const observed_segment* segments, index_t splits, index_t kv_head,
+                       float* scratch) {
   const index_t first = p.observed_first_token();
-  executor(static_cast<std::size_t>(p.kv_heads), [&](std::size_t item) {
-    const index_t kv_head = static_cast<index_t>(item);
-    const index_t n = kv.length(kv_head, p.kv_tokens);
-    const index_t first_position = n - p.q_tokens;  // the head's query_position(0)
-    auto row_probabilities = [&](index_t t, index_t g, position_range keys, float* destination) {
-      const index_t head = kv_head * p.group_size + g;
-      const index_t slot = (t - first) * p.q_heads + head;
-      observed_probabilities<A>(mask, first_position + t, head, keys,
-                                observed_values + slot * row_stride, segments + slot * splits,
-                                splits, observed_lse2[slot], destination);
-    };
-    if (p.observer.sums_key_mass()) {
-      const key_mass_target table = p.observer.mass_row(kv_head);
-      if (table.mass == nullptr) return;
-      constexpr index_t chunk = 1024;
-      float* probabilities = item_scratch().reserve(chunk);
-      const index_t keys = std::min(n, table.keys);
-      for (index_t begin = 0; begin < keys; begin += chunk) {
-        const index_t end = std::min(keys, begin + chunk);
-        float* mass = table.mass + begin * table.stride;
-        for (index_t t = first; t < p.q_tokens; ++t)
-          for (index_t g = 0; g < p.group_size; ++g) {
-            row_probabilities(t, g, {begin, end}, probabilities);
-            if (table.stride == 1)
-              add_rows<A>(probabilities, mass, end - begin);
-            else
-              add_key_mass({mass, table.stride, end - begin},
-                           std::span<const float>(probabilities, end - begin));
-          }
-      }
-      return;
+  const index_t n = kv.length(kv_head, p.kv_tokens);
+  const index_t first_position = n - p.q_tokens;  // the head's query_position(0)
+  const index_t group = p.group_size;
+  const index_t rows = (p.q_tokens - first) * group;  // delivery order: token-major
+  auto row_of = [&](index_t r) {
+    const index_t token = first + r / group;
+    const head_index head = kv_head * group + r % group;
+    return std::pair<index_t, head_index>{token, head};
+  };
+  auto slot_of = [&](index_t r) {
+    const auto [token, head] = row_of(r);
+    return ctx.observed_slot(token, head);
+  };
+  auto row_probabilities = [&](index_t r, position_range keys, float* destination) {
+    const auto [token, head] = row_of(r);
+    const index_t slot = ctx.observed_slot(token, head);
+    observed_probabilities<A>(mask, first_position + token, head, keys,
+                              ctx.template observed_row<Kept>(token, head),
+                              segments + slot * splits, splits, observed_lse2[slot], destination);
+  };
+  if (!p.observer.sums_key_mass()) {
+    for (index_t r = 0; r < rows; ++r) {
+      row_probabilities(r, {0, n}, scratch);
+      const auto [token, head] = row_of(r);
+      p.observer(observed_row{token, head, kv_head, std::span<const float>(scratch, n)});
     }
-    float* probabilities =
-        item_scratch().reserve(static_cast<std::size_t>(std::max<index_t>(n, 1)));
-    for (index_t t = first; t < p.q_tokens; ++t) {
-      for (index_t g = 0; g < p.group_size; ++g) {
-        row_probabilities(t, g, {0, n}, probabilities);
-        p.observer(observed_row{t, kv_head * p.group_size + g, kv_head,
-                                std::span<const float>(probabilities, n)});
-      }
+    return;
+  }
+  const key_mass_target table = p.observer.mass_row(kv_head);
+  if (table.mass == nullptr) return;
+  // Per row: its kept values, lse, segments and (for the one-pass sum) scale, in row order; 8
+  // rows a pass of the table: groups up to 16 and observation windows take several passes.
+  constexpr index_t max_rows = 256;
+  const Kept* kept[max_rows];
+  const observed_segment* row_segments[max_rows];
+  float lse2[max_rows];
+  const bool can_sum = table.stride == 1 && rows <= max_rows;
+  if (can_sum) {
+    for (index_t r = 0; r < rows; ++r) {
+      const auto [token, head] = row_of(r);
+      kept[r] = ctx.template observed_row<Kept>(token, head);
+      row_segments[r] = segments + slot_of(r) * splits;
+      lse2[r] = observed_lse2[slot_of(r)];
     }
-  });
+  }
+  const index_t keys = std::min(n, table.keys);
+  for (index_t begin = 0; begin < keys; begin += observed_chunk) {
+    const index_t end = std::min(keys, begin + observed_chunk);
+    float* mass = table.mass + begin * table.stride;
+    if (can_sum && observed_chunk_is_whole(
+                       mask, {begin, end}, rows, row_segments, lse2, splits, [&](index_t r) {
+                         const auto [token, head] = row_of(r);
+                         return std::pair<position, head_index>{first_position + token, head};
+                       })) {
+      const Kept* chunk_kept[max_rows];
+      exp2_scaler scalers[max_rows];
+      index_t summed = 0;
+      for (index_t r = 0; r < rows; ++r) {
+        if (lse2[r] == -std::numeric_limits<float>::infinity()) continue;  // a row of zeros
+        const observed_segment* segment = row_segments[r];
+        while (!(segment->begin <= begin && end <= segment->end)) ++segment;
+        const exp2_scaler scaler(segment->reference - lse2[r]);
+        if (scaler.zero) continue;
+        chunk_kept[summed] = kept[r] + begin;
+        scalers[summed++] = scaler;
+      }
+      sum_observed_chunk<A>(mass, end - begin, chunk_kept, scalers, summed);
+      continue;
+    }
+    for (index_t r = 0; r < rows; ++r) {
+      row_probabilities(r, {begin, end}, scratch);
+      if (table.stride == 1)
+        add_rows<A>(scratch, mass, end - begin);
+      else
+        add_key_mass({mass, table.stride, end - begin},
+                     std::span<const float>(scratch, end - begin));
+    }
+  }
+}
+
+template <class A, class TKV, class Mask>
+void deliver_head_rows(const attention_params& p, const tile_context<TKV>& ctx,
+                       const kv_source<TKV>& kv, const Mask& mask, const float* observed_lse2,
+                       const observed_segment* segments, index_t splits, index_t kv_head,
+                       float* scratch, bool kept_in_half) {
+  if (kept_in_half)
+    deliver_kept_rows<A, half>(p, ctx, kv, mask, observed_lse2, segments, splits, kv_head, scratch);
+  else
+    deliver_kept_rows<A, float>(p, ctx, kv, mask, observed_lse2, segments, splits, kv_head,
+                                scratch);
 }
 
 template <class A, class TQ, class TKV, class TO, class Mask, class Executor>
@@ -313,27 +436,47 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
                                      : 0;  // 64-byte multiple
   const index_t observed_first = p.observed_first_token();
   const index_t observed_rows = (p.q_tokens - observed_first) * p.q_heads;
+  const bool observing = observed_rows > 0;
   const bool kept_in_half =
       p.observer.sums_key_mass() && p.observer.key_mass_precision() == observed_precision::half;
   const index_t kept_bytes = kept_in_half ? 2 : 4;
   constexpr index_t segment_floats = sizeof(observed_segment) / sizeof(float);
   const index_t observed_stride = round_up(p.kv_tokens, 64 / kept_bytes);  // rows on cache lines
-  const index_t kept_floats = round_up(observed_rows * observed_stride * kept_bytes / 4, 16);
+
+  // A work item that holds every observed row of its KV heads (the last query tile holds the
+  // observed tokens) with nothing left to merge (one split) adds those rows into a key-mass
+  // observer's table as soon as they are final. It keeps them in a per-thread buffer of its own
+  // rows, reused item after item, so they are still in this core's caches when it adds them; and
+  // its kernel brings the table row towards the core during its second half (tile_job::warm).
+  // Otherwise every row goes to the call's buffer, in streaming stores, and the pass runs after
+  // the split-KV merge. In a 32K decode step the pass costs 13-18 instead of 37-46 us per KV
+  // head (bench/RESULTS.md).
+  const bool deliver_in_item = observing && p.observer.sums_key_mass() && plan.splits == 1 &&
+                               (plan.query_tiles - 1) * plan.tile_tokens <= observed_first;
+  const index_t kept_floats = observing && !deliver_in_item
+                                  ? round_up(observed_rows * observed_stride * kept_bytes / 4, 16)
+                                  : 0;
   const index_t observed_floats =
-      observed_rows > 0 ? kept_floats + round_up(observed_rows, 16) +
-                              round_up(observed_rows * plan.splits * segment_floats, 16)
-                        : 0;
+      observing ? kept_floats + round_up(observed_rows, 16) +
+                      round_up(observed_rows * plan.splits * segment_floats, 16)
+                : 0;
   float* call_buffer =
       partial_floats + observed_floats > 0
           ? call_scratch().reserve(static_cast<std::size_t>(partial_floats + observed_floats))
           : nullptr;
   float* partials = call_buffer;
-  float* observed_values = observed_rows > 0 ? call_buffer + partial_floats : nullptr;
-  float* observed_lse2 = observed_rows > 0 ? observed_values + kept_floats : nullptr;
+  float* observed_values = kept_floats > 0 ? call_buffer + partial_floats : nullptr;
+  float* observed_lse2 = observing ? call_buffer + partial_floats + kept_floats : nullptr;
   auto* observed_segments =
-      observed_rows > 0
-          ? reinterpret_cast<observed_segment*>(observed_lse2 + round_up(observed_rows, 16))
-          : nullptr;
+      observing ? reinterpret_cast<observed_segment*>(observed_lse2 + round_up(observed_rows, 16))
+                : nullptr;
+  // Per item (deliver_in_item): its rows' kept values, then the pass's scratch.
+  const index_t item_kept_floats =
+      deliver_in_item ? round_up((p.q_tokens - observed_first) * group * plan.kv_heads_per_job *
+                                     observed_stride * kept_bytes / 4,
+                                 16) +
+                            round_up(observed_chunk, 16)
+                      : 0;
 
   tile_context<TKV> context{kv.k, kv.v, &p, dp, rp};
   context.mask = &mask;
@@ -341,7 +484,9 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
   context.observed_values = observed_values;
   context.observed_first_token = observed_first;
   context.observed_stride = observed_stride;
+  context.kept_heads = p.q_heads;
   context.observed_in_half = kept_in_half;
+  context.observed_streaming = !deliver_in_item;
   const float q_multiplier = query_multiplier(p);
 
   const index_t kernel_scratch = plan.row_kernel
@@ -350,7 +495,8 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
   const index_t span_capacity = max_key_spans(p.kv_tokens);
   const index_t span_floats =
       round_up(span_capacity * static_cast<index_t>(sizeof(key_span) / sizeof(float)), 16);
-  const index_t item_floats = round_up(2 * rp * dp + 4 * rp + kernel_scratch, 16) + span_floats;
+  const index_t item_floats =
+      round_up(2 * rp * dp + 4 * rp + kernel_scratch, 16) + span_floats + item_kept_floats;
 
   const auto items = static_cast<std::size_t>(base_items * plan.splits);
   executor(items, [&](std::size_t item) {
@@ -368,7 +514,9 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
     float* lse2 = l + rp;
     float* reference = lse2 + rp;
     float* work = reference + rp;
-    auto* spans = reinterpret_cast<key_span*>(q_rows + (item_floats - span_floats));
+    auto* spans =
+        reinterpret_cast<key_span*>(q_rows + (item_floats - item_kept_floats - span_floats));
+    float* item_kept = q_rows + (item_floats - item_kept_floats);  // then the delivery scratch
 
     // This split's share of the visited keys, cut at multiples of fine_keys.
     index_t skip = 0, take = jp.kv_tokens;
@@ -389,20 +537,32 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
         stage_rows<A>(q.row(job.token_begin + t, (job.kv_head + h) * group), q.stride(1),
                       q.stride(2), group, p.head_dim, q_rows + (h * job.tokens + t) * group * dp,
                       dp, dp, q_multiplier);
-    if (observed_values != nullptr) {
+    if (observing) {
       std::fill(reference, reference + rows, -std::numeric_limits<float>::infinity());
       job.observed_reference = reference;
     }
-    if (per_head_lengths) {
-      tile_context<TKV> head_context = context;
-      head_context.params = &jp;
-      run_tile<A>(plan.row_kernel, head_context, job, q_rows, o_rows, m, l, work);
-    } else {
-      run_tile<A>(plan.row_kernel, context, job, q_rows, o_rows, m, l, work);
+    // The table row this item adds into once its kernel is done (one KV head a job).
+    prefetch_stream table_row;
+    if (deliver_in_item && job.kv_heads == 1 && job.token_begin + job.tokens == p.q_tokens) {
+      const key_mass_target table = p.observer.mass_row(job.kv_head);
+      if (table.mass != nullptr && table.stride == 1) {
+        const index_t keys = std::min(kv.length(job.kv_head, p.kv_tokens), table.keys);
+        table_row = prefetch_stream(table.mass, keys * index_t{sizeof(float)}, 0, 1);
+        job.warm = &table_row;
+      }
     }
+    // The job's own context where its KV heads' length or its kept rows' buffer differ.
+    tile_context<TKV> job_context = context;
+    if (per_head_lengths) job_context.params = &jp;
+    if (deliver_in_item) {
+      job_context.observed_values = item_kept;
+      job_context.kept_heads = group * job.kv_heads;
+      job_context.kept_first_head = group * job.kv_head;
+    }
+    run_tile<A>(plan.row_kernel, job_context, job, q_rows, o_rows, m, l, work);
     normalise_rows(rows, dp, o_rows, m, l, lse2);
-    if (observed_values != nullptr) {
-      stream_fence();  // the kept values (keep_observed's streaming stores) before the pass
+    if (observing) {
+      if (!deliver_in_item) stream_fence();  // the streaming stores before another thread reads
       for (index_t r = 0; r < rows; ++r) {
         const index_t token = job.row_token(r, group);
         if (token < observed_first) continue;
@@ -417,6 +577,12 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
 
     if (plan.splits == 1) {
       emit_rows(p, job, dp, o_rows, lse2, out, observed_lse2);
+      if (deliver_in_item && job.token_begin + job.tokens == p.q_tokens) {
+        float* scratch = item_kept + (item_kept_floats - round_up(observed_chunk, 16));
+        for (index_t h = 0; h < job.kv_heads; ++h)
+          deliver_head_rows<A>(p, job_context, kv, mask, observed_lse2, observed_segments, 1,
+                               job.kv_head + h, scratch, kept_in_half);
+      }
     } else {
       float* slot = partials + (base * plan.splits + split) * slot_floats;
       std::copy(o_rows, o_rows + rows * dp, slot);
@@ -458,15 +624,16 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
     });
   }
 
-  if (observed_values != nullptr) {
-    auto deliver = [&](const auto* kept) {
-      deliver_observed_rows<A>(p, kv, mask, kept, observed_lse2, observed_segments, plan.splits,
-                               observed_stride, executor);
-    };
-    if (kept_in_half)
-      deliver(reinterpret_cast<const half*>(observed_values));
-    else
-      deliver(observed_values);
+  // The observer pass: one KV head per work item, so that a head's rows arrive in order on one
+  // thread (core/observer.hpp).
+  if (observing && !deliver_in_item) {
+    executor(static_cast<std::size_t>(p.kv_heads), [&](std::size_t item) {
+      const auto kv_head = static_cast<index_t>(item);
+      float* scratch = item_scratch().reserve(
+          static_cast<std::size_t>(delivery_scratch_floats(p, kv.length(kv_head, p.kv_tokens))));
+      deliver_head_rows<A>(p, context, kv, mask, observed_lse2, observed_segments, plan.splits,
+                           kv_head, scratch, kept_in_half);
+    });
   }
 }
 

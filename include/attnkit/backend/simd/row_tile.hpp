@@ -312,6 +312,10 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
   auto finish_pending = [&] { advance_pending(block); };
 
   for (index_t span = 0; span < job.span_count; ++span) {
+    if (job.warm != nullptr && 2 * span >= job.span_count) {
+      const index_t spans_left = job.span_count - span;
+      job.warm->issue((job.warm->lines() + spans_left - 1) / spans_left);
+    }
     const index_t j0 = job.spans[span].begin;
     const index_t keys = job.spans[span].size();
     const index_t padded_keys = round_up(keys, width);

@@ -47,6 +47,10 @@ struct tile_job {
   index_t span_count = 0;
   // Observed rows only: the kernel's reference per row (see keep_observed), -inf on entry.
   float* observed_reference = nullptr;  // [rows]
+  // Memory the item reads right after the kernel (an observer's table rows, run_attention),
+  // brought towards the core a few lines per span over the job's second half, so that it
+  // arrives while the core computes and stays cached until then. A hint: kernels may ignore it.
+  prefetch_stream* warm = nullptr;
 
   index_t rows(index_t group) const noexcept { return kv_heads * tokens * group; }
   index_t row_token(index_t r, index_t group) const noexcept {
@@ -86,14 +90,21 @@ struct tile_context {
   const void* mask = nullptr;
   void (*mask_row)(const void*, position, head_index, position_range, float*, index_t) = nullptr;
   // Observed rows (query tokens >= observed_first_token) keep their exponentials here (see
-  // keep_observed), row ((token - observed_first_token) · q_heads + head) · observed_stride
-  // elements (the call's longest KV head, rounded up so that rows start on a cache line); null
-  // without an observer. The elements are float, or half where the observer allows
-  // (observed_precision::half): then observed_in_half.
+  // keep_observed): the row of (token, head) starts ((token - observed_first_token) · kept_heads
+  // + head - kept_first_head) · observed_stride elements in (a stride of the call's longest KV
+  // head, rounded up so that rows start on a cache line); null without an observer. A call's
+  // buffer holds every observed row (kept_heads = q_heads, kept_first_head = 0); a work item that
+  // delivers its own rows keeps them in a buffer of its own heads (run_attention). The elements
+  // are float, or half where the observer allows (observed_precision::half): then
+  // observed_in_half. observed_streaming: written with stores that bypass the caches, for rows
+  // read back only after the rest of the call's K/V stream.
   void* observed_values = nullptr;
   index_t observed_first_token = 0;
   index_t observed_stride = 0;
+  index_t kept_heads = 0;
+  head_index kept_first_head = 0;
   bool observed_in_half = false;
+  bool observed_streaming = true;
 
   // The index of an observed row (token >= observed_first_token) among the call's observed rows.
   index_t observed_slot(index_t token, head_index head) const noexcept {
@@ -102,7 +113,8 @@ struct tile_context {
   template <class Kept>
   Kept* observed_row(index_t token, head_index head) const noexcept {
     if (observed_values == nullptr || token < observed_first_token) return nullptr;
-    return static_cast<Kept*>(observed_values) + observed_slot(token, head) * observed_stride;
+    const index_t row = (token - observed_first_token) * kept_heads + head - kept_first_head;
+    return static_cast<Kept*>(observed_values) + row * observed_stride;
   }
 };
 
@@ -140,10 +152,11 @@ void rebase_kept(Kept* values, index_t count, float exponent) {
 // observed_headroom; then the item's earlier keys [first_key, j0) are rebased once — at most
 // (logit range / headroom) times per item, rarely for ordinary logit ranges. Kept: float, or
 // half (observed_precision::half: each value rounded once more per rebase).
-//   row: the row's buffer, indexed by key; e_j at e[(j - j0) · e_stride].
+//   row: the row's buffer, indexed by key; e_j at e[(j - j0) · e_stride];
+//   streaming: stores that bypass the caches (tile_context::observed_streaming).
 template <class A, class Kept>
 void keep_observed(Kept* row, index_t first_key, index_t j0, index_t keys, const float* e,
-                   index_t e_stride, float running_max, float& reference) {
+                   index_t e_stride, float running_max, float& reference, bool streaming) {
   using batch = xsimd::batch<float, A>;
   constexpr index_t width = batch::size;
   constexpr float minus_infinity = -std::numeric_limits<float>::infinity();
@@ -160,16 +173,16 @@ void keep_observed(Kept* row, index_t first_key, index_t j0, index_t keys, const
   }
   Kept* destination = row + j0;
   index_t j = 0;
-  // The kept values are read back only by the observer pass, after the rest of the K/V stream:
-  // streaming stores skip reading each line for ownership and leave the caches to K and V (with
-  // the pool's spinning workers, observer overhead of a 32K decode step 9.0-9.8 -> 4.1-5.6 %,
-  // bench/RESULTS.md). run_attention fences before the pass.
+  // Kept values read back only by the observer pass after the call's whole K/V stream go out
+  // with streaming stores: they skip reading each line for ownership and leave the caches to K
+  // and V (with the pool's spinning workers, observer overhead of a 32K decode step 9.0-9.8 ->
+  // 4.1-5.6 %, bench/RESULTS.md). run_attention fences before the pass.
   if (e_stride == 1) {
     constexpr std::uintptr_t alignment = width * sizeof(Kept);
     for (; j < keys && reinterpret_cast<std::uintptr_t>(destination + j) % alignment != 0; ++j)
       destination[j] = Kept(e[j] * scale);
     for (; j + width <= keys; j += width)
-      store_from_float<A>(destination + j, batch::load_unaligned(e + j) * batch(scale), true);
+      store_from_float<A>(destination + j, batch::load_unaligned(e + j) * batch(scale), streaming);
   }
   for (; j < keys; ++j) destination[j] = Kept(e[j * e_stride] * scale);
 }
@@ -181,9 +194,11 @@ void keep_observed_row(const tile_context<TKV>& ctx, index_t token, head_index h
                        index_t e_stride, float running_max, float& reference) {
   if (ctx.observed_in_half) {
     if (half* row = ctx.template observed_row<half>(token, head))
-      keep_observed<A>(row, first_key, j0, keys, e, e_stride, running_max, reference);
+      keep_observed<A>(row, first_key, j0, keys, e, e_stride, running_max, reference,
+                       ctx.observed_streaming);
   } else if (float* row = ctx.template observed_row<float>(token, head)) {
-    keep_observed<A>(row, first_key, j0, keys, e, e_stride, running_max, reference);
+    keep_observed<A>(row, first_key, j0, keys, e, e_stride, running_max, reference,
+                     ctx.observed_streaming);
   }
 }
 

@@ -172,38 +172,60 @@ void add_rows(const float* row, float* sum, index_t count) {
   for (; j < count; ++j) sum[j] += row[j];
 }
 
-// out[j] = in[j] · 2^exponent for j in [0, count) (in: float or half; in == out allowed), for
-// |in| below 2^64 and any exponent <= 64 down to -inf. Results below the smallest normal float
-// become exactly 0, as exp2 above gives them, and no multiply sees or makes a subnormal (slow on
-// x86 without flush-to-zero): an exponent under -126, whose power is itself subnormal, is applied
-// as two normal factors, and inputs too small to give a normal result are zeroed before
-// multiplying.
+// x · 2^exponent for |x| below 2^64 and any exponent <= 64 down to -inf. Results below the
+// smallest normal float become exactly 0, as exp2 above gives them, and no multiply sees or makes
+// a subnormal (slow on x86 without flush-to-zero): an exponent under -126, whose power is itself
+// subnormal, is applied as two normal factors, and inputs too small to give a normal result are
+// zeroed before multiplying. One scaler serves a whole row (its factors computed once).
+struct exp2_scaler {
+  exp2_scaler() = default;
+  explicit exp2_scaler(float exponent) {
+    constexpr float input_bound = 64.0f;          // log2 of the largest |x|
+    zero = !(exponent >= -126.0f - input_bound);  // also -inf and NaN-free -inf - x
+    if (zero) return;
+    const bool two_steps = exponent < -125.0f;
+    first = std::exp2(two_steps ? exponent + input_bound : exponent);
+    second = two_steps ? std::exp2(-input_bound) : 1.0f;
+    // |x| >= 2^(-125 - exponent) gives a result of at least 2^-125 (normal, with a rounding step
+    // of margin); below it the result would be subnormal or 0.
+    cutoff = std::exp2(-125.0f - exponent);
+  }
+
+  template <class A>
+  ATTNKIT_ALWAYS_INLINE xsimd::batch<float, A> operator()(xsimd::batch<float, A> x) const {
+    using batch = xsimd::batch<float, A>;
+    const batch kept = xsimd::select(xsimd::abs(x) < batch(cutoff), batch(0.0f), x);
+    return kept * batch(first) * batch(second);
+  }
+  float operator()(float x) const {
+    const float kept = std::fabs(x) < cutoff ? 0.0f : x;
+    return kept * first * second;
+  }
+
+  // Whether, for inputs that are 0 or at least smallest_input in magnitude, the scaler is
+  // exactly x · first: one factor, and no input below the cutoff.
+  bool is_single_multiply_for(float smallest_input) const {
+    return !zero && second == 1.0f && cutoff <= smallest_input;
+  }
+
+  bool zero = false;  // every result is 0
+  float first = 0.0f, second = 0.0f, cutoff = 0.0f;
+};
+
+// out[j] = in[j] · 2^exponent for j in [0, count) (in: float or half; in == out allowed), as
+// exp2_scaler scales.
 template <class A, class T = float>
 void scale_by_exp2(const T* in, float* out, index_t count, float exponent) {
   using batch = xsimd::batch<float, A>;
   constexpr index_t width = batch::size;
-  constexpr float input_bound = 64.0f;         // log2 of the largest |in|
-  if (!(exponent >= -126.0f - input_bound)) {  // also -inf and NaN-free -inf - x
+  const exp2_scaler scale(exponent);
+  if (scale.zero) {
     std::fill(out, out + count, 0.0f);
     return;
   }
-  const bool two_steps = exponent < -125.0f;
-  const float first = std::exp2(two_steps ? exponent + input_bound : exponent);
-  const float second = two_steps ? std::exp2(-input_bound) : 1.0f;
-  // |in| >= 2^(-125 - exponent) gives a result of at least 2^-125 (normal, with a rounding step
-  // of margin); below it the result would be subnormal or 0.
-  const float cutoff = std::exp2(-125.0f - exponent);
   index_t j = 0;
-  for (; j + width <= count; j += width) {
-    const batch x = load_float<A>(in + j);
-    const batch kept = xsimd::select(xsimd::abs(x) < batch(cutoff), batch(0.0f), x);
-    (kept * batch(first) * batch(second)).store_unaligned(out + j);
-  }
-  for (; j < count; ++j) {
-    const float x = to_float(in[j]);
-    const float kept = std::fabs(x) < cutoff ? 0.0f : x;
-    out[j] = kept * first * second;
-  }
+  for (; j + width <= count; j += width) scale(load_float<A>(in + j)).store_unaligned(out + j);
+  for (; j < count; ++j) out[j] = scale(to_float(in[j]));
 }
 
 }  // namespace simd
