@@ -229,10 +229,8 @@ TEST_CASE("attention_scores: replace clears each head's previous call, however i
         attnkit_test::erase(attnkit::tensor_view<float, 3>(out.data(), {1, q_heads, d})),
         attnkit_test::builtin_mask::causal, options, executor);
   };
-  attnkit::parallel::serial serial;
-  const attnkit_test::any_executor serial_executor(serial);
   for (const attnkit_test::any_executor* executor :
-       {static_cast<const attnkit_test::any_executor*>(nullptr), &serial_executor}) {
+       {static_cast<const attnkit_test::any_executor*>(nullptr), attnkit_test::serial_executor()}) {
     attnkit::attention_scores both(1, attnkit::score_update::replace, 1),
         last(1, attnkit::score_update::replace, 1);
     attend(both, 0, n, executor);

@@ -98,6 +98,15 @@ inline const any_executor& default_executor() {
   return executor;
 }
 
+// One thread, whatever the machine: a decode over 4 or more KV heads then has one work item per
+// KV head and no split, so a key-mass observer's rows are added by the item that computed them
+// (the SIMD backend's in-item pass), deterministically.
+inline const any_executor* serial_executor() {
+  static attnkit::parallel::serial executor;
+  static const any_executor erased(executor);
+  return &erased;
+}
+
 enum class builtin_mask { full, causal };
 
 // attnkit::attention(attnkit::cpu, q, k, v, out, mask, options, executor) with the given element

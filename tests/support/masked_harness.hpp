@@ -44,15 +44,6 @@ inline const any_executor* wide_executor() {
   return &erased;
 }
 
-// One thread, whatever the machine: a decode over 4 or more KV heads then has one work item per
-// KV head and no split, so a key-mass observer's rows are added by the item that computed them
-// (the SIMD backend's in-item pass), deterministically.
-inline const any_executor* serial_executor() {
-  static attnkit::parallel::serial executor;
-  static const any_executor erased(executor);
-  return &erased;
-}
-
 // The backend under test for evaluate_with_mask: attnkit::cpu through cpu_attention_masked.
 struct cpu_masked {
   const any_executor* executor = nullptr;  // null: the default thread pool

@@ -200,29 +200,6 @@ void observed_probabilities(const Mask& mask, position query, head_index head, p
   zero_until(keys.end);
 }
 
-// Whether every observed row of a KV head with a finite log-sum-exp sees all of keys [begin,
-// end) and holds them in one segment: then its probabilities there are its kept values times one
-// factor, and the rows can be added into a key-mass table together (sum_observed_chunk).
-template <class Mask, class RowFor>
-bool observed_chunk_is_whole(const Mask& mask, position_range keys, index_t rows,
-                             const observed_segment* const* segments, const float* lse2,
-                             index_t splits, RowFor&& row_for) {
-  for (index_t r = 0; r < rows; ++r) {
-    if (lse2[r] == -std::numeric_limits<float>::infinity()) continue;
-    const auto [query, head] = row_for(r);
-    bool whole = false;
-    for_each_visible_run(mask, query, head, keys, [&](position begin, position end) {
-      whole = begin == keys.begin && end == keys.end;
-    });
-    if (!whole) return false;
-    bool held = false;
-    for (index_t s = 0; s < splits && !held; ++s)
-      held = segments[r][s].begin <= keys.begin && keys.end <= segments[r][s].end;
-    if (!held) return false;
-  }
-  return true;
-}
-
 // The smallest positive value a kept exponential can hold.
 template <class Kept>
 inline constexpr float smallest_positive = std::is_same_v<Kept, half>
@@ -293,10 +270,6 @@ void deliver_kept_rows(const attention_params& p, const tile_context<TKV>& ctx,
     const head_index head = kv_head * group + r % group;
     return std::pair<index_t, head_index>{token, head};
   };
-  auto slot_of = [&](index_t r) {
-    const auto [token, head] = row_of(r);
-    return ctx.observed_slot(token, head);
-  };
   auto row_probabilities = [&](index_t r, position_range keys, float* destination) {
     const auto [token, head] = row_of(r);
     const index_t slot = ctx.observed_slot(token, head);
@@ -314,42 +287,43 @@ void deliver_kept_rows(const attention_params& p, const tile_context<TKV>& ctx,
   }
   const key_mass_target table = p.observer.mass_row(kv_head);
   if (table.mass == nullptr) return;
-  // Per row: its kept values, lse, segments and (for the one-pass sum) scale, in row order; 8
-  // rows a pass of the table: groups up to 16 and observation windows take several passes.
+  // The one-pass sum of a chunk: where every row with a finite log-sum-exp sees all of the
+  // chunk's keys and holds them in one segment, its probabilities there are its kept values
+  // times one factor. Rows of zeros (nothing visible, or a factor that flushes every value)
+  // are left out. Up to max_rows rows (8 a pass of the table); more go row by row.
   constexpr index_t max_rows = 256;
-  const Kept* kept[max_rows];
-  const observed_segment* row_segments[max_rows];
-  float lse2[max_rows];
-  const bool can_sum = table.stride == 1 && rows <= max_rows;
-  if (can_sum) {
+  const Kept* chunk_kept[max_rows];
+  exp2_scaler scalers[max_rows];
+  auto plan_sum = [&](position_range keys, index_t& summed) {
+    summed = 0;
+    if (table.stride != 1 || rows > max_rows) return false;
     for (index_t r = 0; r < rows; ++r) {
       const auto [token, head] = row_of(r);
-      kept[r] = ctx.template observed_row<Kept>(token, head);
-      row_segments[r] = segments + slot_of(r) * splits;
-      lse2[r] = observed_lse2[slot_of(r)];
+      const index_t slot = ctx.observed_slot(token, head);
+      const float lse2 = observed_lse2[slot];
+      if (lse2 == -std::numeric_limits<float>::infinity()) continue;
+      bool whole = false;
+      for_each_visible_run(
+          mask, first_position + token, head, keys,
+          [&](position begin, position end) { whole = begin == keys.begin && end == keys.end; });
+      const observed_segment* row_segments = segments + slot * splits;
+      const observed_segment* holder =
+          std::find_if(row_segments, row_segments + splits, [&](const observed_segment& segment) {
+            return segment.begin <= keys.begin && keys.end <= segment.end;
+          });
+      if (!whole || holder == row_segments + splits) return false;
+      const exp2_scaler scaler(holder->reference - lse2);
+      if (scaler.zero) continue;
+      chunk_kept[summed] = ctx.template observed_row<Kept>(token, head) + keys.begin;
+      scalers[summed++] = scaler;
     }
-  }
+    return true;
+  };
   const index_t keys = std::min(n, table.keys);
   for (index_t begin = 0; begin < keys; begin += observed_chunk) {
     const index_t end = std::min(keys, begin + observed_chunk);
     float* mass = table.mass + begin * table.stride;
-    if (can_sum && observed_chunk_is_whole(
-                       mask, {begin, end}, rows, row_segments, lse2, splits, [&](index_t r) {
-                         const auto [token, head] = row_of(r);
-                         return std::pair<position, head_index>{first_position + token, head};
-                       })) {
-      const Kept* chunk_kept[max_rows];
-      exp2_scaler scalers[max_rows];
-      index_t summed = 0;
-      for (index_t r = 0; r < rows; ++r) {
-        if (lse2[r] == -std::numeric_limits<float>::infinity()) continue;  // a row of zeros
-        const observed_segment* segment = row_segments[r];
-        while (!(segment->begin <= begin && end <= segment->end)) ++segment;
-        const exp2_scaler scaler(segment->reference - lse2[r]);
-        if (scaler.zero) continue;
-        chunk_kept[summed] = kept[r] + begin;
-        scalers[summed++] = scaler;
-      }
+    if (index_t summed = 0; plan_sum({begin, end}, summed)) {
       sum_observed_chunk<A>(mass, end - begin, chunk_kept, scalers, summed);
       continue;
     }
@@ -471,12 +445,13 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
       observing ? reinterpret_cast<observed_segment*>(observed_lse2 + round_up(observed_rows, 16))
                 : nullptr;
   // Per item (deliver_in_item): its rows' kept values, then the pass's scratch.
-  const index_t item_kept_floats =
+  const index_t item_rows_floats =
       deliver_in_item ? round_up((p.q_tokens - observed_first) * group * plan.kv_heads_per_job *
                                      observed_stride * kept_bytes / 4,
-                                 16) +
-                            round_up(observed_chunk, 16)
+                                 16)
                       : 0;
+  const index_t item_kept_floats =
+      deliver_in_item ? item_rows_floats + round_up(observed_chunk, 16) : 0;
 
   tile_context<TKV> context{kv.k, kv.v, &p, dp, rp};
   context.mask = &mask;
@@ -516,7 +491,10 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
     float* work = reference + rp;
     auto* spans =
         reinterpret_cast<key_span*>(q_rows + (item_floats - item_kept_floats - span_floats));
-    float* item_kept = q_rows + (item_floats - item_kept_floats);  // then the delivery scratch
+    float* item_kept = q_rows + (item_floats - item_kept_floats);
+    float* item_delivery_scratch = item_kept + item_rows_floats;
+    // This item adds its rows itself: it holds the last query tile (deliver_in_item).
+    const bool delivers = deliver_in_item && job.token_begin + job.tokens == p.q_tokens;
 
     // This split's share of the visited keys, cut at multiples of fine_keys.
     index_t skip = 0, take = jp.kv_tokens;
@@ -543,7 +521,7 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
     }
     // The table row this item adds into once its kernel is done (one KV head a job).
     prefetch_stream table_row;
-    if (deliver_in_item && job.kv_heads == 1 && job.token_begin + job.tokens == p.q_tokens) {
+    if (delivers && job.kv_heads == 1) {
       const key_mass_target table = p.observer.mass_row(job.kv_head);
       if (table.mass != nullptr && table.stride == 1) {
         const index_t keys = std::min(kv.length(job.kv_head, p.kv_tokens), table.keys);
@@ -577,12 +555,10 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
 
     if (plan.splits == 1) {
       emit_rows(p, job, dp, o_rows, lse2, out, observed_lse2);
-      if (deliver_in_item && job.token_begin + job.tokens == p.q_tokens) {
-        float* scratch = item_kept + (item_kept_floats - round_up(observed_chunk, 16));
+      if (delivers)
         for (index_t h = 0; h < job.kv_heads; ++h)
           deliver_head_rows<A>(p, job_context, kv, mask, observed_lse2, observed_segments, 1,
-                               job.kv_head + h, scratch, kept_in_half);
-      }
+                               job.kv_head + h, item_delivery_scratch, kept_in_half);
     } else {
       float* slot = partials + (base * plan.splits + split) * slot_floats;
       std::copy(o_rows, o_rows + rows * dp, slot);
