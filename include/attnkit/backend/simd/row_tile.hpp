@@ -33,6 +33,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <utility>
 
 #include "attnkit/backend/simd/convert.hpp"
@@ -465,18 +466,39 @@ void row_tile(const tile_context<TKV>& ctx, const tile_job& job, const float* q_
       // A row with no visible key yet keeps max -inf; shifting by 0 keeps its exponentials
       // exact zeros instead of NaN.
       const float shift = new_max == minus_infinity ? 0.0f : new_max;
+      // The exponentials; an observed row keeps them (keep_observed's values, the same bits)
+      // from the same registers, where its kept row is vector-aligned, instead of in a second
+      // pass over the row (a call per row and block: ~1-2 % of an observed 32K decode step).
       batch sum(0.0f);
-      for (index_t jb = 0; jb < padded_keys; jb += width) {
-        const batch e = exp2<A>(batch::load_aligned(row + jb) - batch(shift));
-        e.store_aligned(row + jb);
-        sum += e;
-      }
+      auto exponentials = [&](auto* kept, float kept_scale) {
+        using Kept = std::remove_pointer_t<decltype(kept)>;
+        for (index_t jb = 0; jb < padded_keys; jb += width) {
+          const batch e = exp2<A>(batch::load_aligned(row + jb) - batch(shift));
+          e.store_aligned(row + jb);
+          sum += e;
+          if constexpr (!std::is_void_v<Kept>)
+            if (jb + width <= keys)
+              store_from_float<A>(kept + jb, e * batch(kept_scale), ctx.observed_streaming);
+        }
+      };
+      bool exponentiated = false;
+      if (ctx.observed_values != nullptr)  // observed_reference is null without an observer
+        with_observed_row(ctx, job.row_token(r, group), head, [&](auto* kept_row) {
+          const float scale = observed_scale<A>(kept_row, job.spans[0].begin, j0, new_max,
+                                                job.observed_reference[r]);
+          auto* kept = kept_row + j0;
+          const index_t fused = kept_vector_aligned<A>(kept) ? keys / width * width : 0;
+          if (fused > 0)
+            exponentials(kept, scale);
+          else
+            exponentials(static_cast<void*>(nullptr), 1.0f);
+          store_kept<A>(kept + fused, keys - fused, row + fused, 1, scale, ctx.observed_streaming);
+          exponentiated = true;
+        });
+      if (!exponentiated) exponentials(static_cast<void*>(nullptr), 1.0f);
       const float alpha = std::exp2(m[r] - shift);
       l[r] = l[r] * alpha + xsimd::hadd(sum);
       m[r] = new_max;
-      if (ctx.observed_values != nullptr)  // observed_reference is null without an observer
-        keep_observed_row<A>(ctx, job.row_token(r, group), head, job.spans[0].begin, j0, keys, row,
-                             1, new_max, job.observed_reference[r]);
       if (alpha != 1.0f) {
         float* out = o_rows + r * dp;
         for (index_t c = 0; c < dp; c += width)

@@ -152,34 +152,46 @@ void rebase_kept(Kept* values, index_t count, float exponent) {
 // observed_headroom; then the item's earlier keys [first_key, j0) are rebased once — at most
 // (logit range / headroom) times per item, rarely for ordinary logit ranges. Kept: float, or
 // half (observed_precision::half: each value rounded once more per rebase).
-//   row: the row's buffer, indexed by key; e_j at e[(j - j0) · e_stride];
-//   streaming: stores that bypass the caches (tile_context::observed_streaming).
+//
+// Two halves, so that a kernel can store the kept values in the loop that computes the e_j
+// (row_tile) or afterwards (keep_observed): observed_scale moves the reference (rebasing the
+// item's earlier keys of the row, indexed by key) and returns the factor that takes this span's
+// e_j to the reference; store_kept writes e_j times that factor, e_j at e[j · e_stride].
 template <class A, class Kept>
-void keep_observed(Kept* row, index_t first_key, index_t j0, index_t keys, const float* e,
-                   index_t e_stride, float running_max, float& reference, bool streaming) {
+float observed_scale(Kept* row, index_t first_key, index_t j0, float running_max,
+                     float& reference) {
+  constexpr float minus_infinity = -std::numeric_limits<float>::infinity();
+  if (running_max == minus_infinity) return 1.0f;  // every e_j is 0
+  if (reference == minus_infinity) {
+    reference = running_max;  // every earlier kept value of the item is 0
+  } else if (running_max - reference > observed_headroom<Kept>) {
+    rebase_kept<A>(row + first_key, j0 - first_key, reference - running_max);
+    reference = running_max;
+  } else if (running_max != reference) {
+    return std::exp2(running_max - reference);
+  }
+  return 1.0f;
+}
+
+// Kept values read back only by the observer pass after the call's whole K/V stream go out with
+// streaming stores (tile_context::observed_streaming): they skip reading each line for ownership
+// and leave the caches to K and V (with the pool's spinning workers, observer overhead of a 32K
+// decode step 9.0-9.8 -> 4.1-5.6 %, bench/RESULTS.md). run_attention fences before the pass.
+// Streaming stores need aligned addresses: where a vector of `destination` is aligned.
+template <class A, class Kept>
+bool kept_vector_aligned(const Kept* destination) noexcept {
+  constexpr std::uintptr_t alignment = xsimd::batch<float, A>::size * sizeof(Kept);
+  return reinterpret_cast<std::uintptr_t>(destination) % alignment == 0;
+}
+
+template <class A, class Kept>
+void store_kept(Kept* destination, index_t keys, const float* e, index_t e_stride, float scale,
+                bool streaming) {
   using batch = xsimd::batch<float, A>;
   constexpr index_t width = batch::size;
-  constexpr float minus_infinity = -std::numeric_limits<float>::infinity();
-  float scale = 1.0f;  // 2^(running_max - reference); the e_j are all 0 while running_max is -inf
-  if (running_max != minus_infinity) {
-    if (reference == minus_infinity) {
-      reference = running_max;  // every earlier kept value of the item is 0
-    } else if (running_max - reference > observed_headroom<Kept>) {
-      rebase_kept<A>(row + first_key, j0 - first_key, reference - running_max);
-      reference = running_max;
-    } else if (running_max != reference) {
-      scale = std::exp2(running_max - reference);
-    }
-  }
-  Kept* destination = row + j0;
   index_t j = 0;
-  // Kept values read back only by the observer pass after the call's whole K/V stream go out
-  // with streaming stores: they skip reading each line for ownership and leave the caches to K
-  // and V (with the pool's spinning workers, observer overhead of a 32K decode step 9.0-9.8 ->
-  // 4.1-5.6 %, bench/RESULTS.md). run_attention fences before the pass.
   if (e_stride == 1) {
-    constexpr std::uintptr_t alignment = width * sizeof(Kept);
-    for (; j < keys && reinterpret_cast<std::uintptr_t>(destination + j) % alignment != 0; ++j)
+    for (; j < keys && !kept_vector_aligned<A>(destination + j); ++j)
       destination[j] = Kept(e[j] * scale);
     for (; j + width <= keys; j += width)
       store_from_float<A>(destination + j, batch::load_unaligned(e + j) * batch(scale), streaming);
@@ -187,19 +199,34 @@ void keep_observed(Kept* row, index_t first_key, index_t j0, index_t keys, const
   for (; j < keys; ++j) destination[j] = Kept(e[j * e_stride] * scale);
 }
 
+template <class A, class Kept>
+void keep_observed(Kept* row, index_t first_key, index_t j0, index_t keys, const float* e,
+                   index_t e_stride, float running_max, float& reference, bool streaming) {
+  const float scale = observed_scale<A>(row, first_key, j0, running_max, reference);
+  store_kept<A>(row + j0, keys, e, e_stride, scale, streaming);
+}
+
+// Calls f(row) with the kept row of (token, head) in the call's kept type (float* or half*), if
+// that row is observed.
+template <class TKV, class F>
+ATTNKIT_ALWAYS_INLINE void with_observed_row(const tile_context<TKV>& ctx, index_t token,
+                                             head_index head, F&& f) {
+  if (ctx.observed_in_half) {
+    if (half* row = ctx.template observed_row<half>(token, head)) f(row);
+  } else if (float* row = ctx.template observed_row<float>(token, head)) {
+    f(row);
+  }
+}
+
 // keep_observed for the row of (token, head), if it is observed, in the call's kept type.
 template <class A, class TKV>
 void keep_observed_row(const tile_context<TKV>& ctx, index_t token, head_index head,
                        index_t first_key, index_t j0, index_t keys, const float* e,
                        index_t e_stride, float running_max, float& reference) {
-  if (ctx.observed_in_half) {
-    if (half* row = ctx.template observed_row<half>(token, head))
-      keep_observed<A>(row, first_key, j0, keys, e, e_stride, running_max, reference,
-                       ctx.observed_streaming);
-  } else if (float* row = ctx.template observed_row<float>(token, head)) {
+  with_observed_row(ctx, token, head, [&](auto* row) {
     keep_observed<A>(row, first_key, j0, keys, e, e_stride, running_max, reference,
                      ctx.observed_streaming);
-  }
+  });
 }
 
 inline position_range query_range(const attention_params& p, const tile_job& job) {
