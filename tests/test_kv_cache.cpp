@@ -294,7 +294,18 @@ void random_operation(attnkit_test::rng& rng, kv_page_pool<T>& pool, kv_cache<T>
     std::vector<index_t> keep;
     for (index_t s = 0; s < n; ++s)
       if (rng.uniform() < keep_probability) keep.push_back(s);
-    cache.retain(layer, head, keep);
+    if (rng.integer(0, 1) == 0) {
+      cache.retain(layer, head, keep);
+    } else {  // the same as runs, some of them cut in two (runs need not be maximal)
+      std::vector<attnkit::slot_run> runs;
+      for (const index_t s : keep) {
+        if (!runs.empty() && runs.back().end == s && rng.integer(0, 3) != 0)
+          runs.back().end = s + 1;
+        else
+          runs.push_back({s, s + 1});
+      }
+      cache.retain(layer, head, std::span<const attnkit::slot_run>(runs));
+    }
     std::vector<model_token> kept;
     for (const index_t s : keep) kept.push_back(tokens[static_cast<std::size_t>(s)]);
     tokens = std::move(kept);
@@ -557,6 +568,17 @@ TEST_CASE("kv_cache: a merged key follows its slot through retain and evict", "[
   CHECK(cache.view(1).merged_keys != nullptr);  // head 1 still has one
   cache.set_merged(1, 1, {-1, 1.0f});
   CHECK(cache.view(1).merged_keys == nullptr);
+  // The same through runs: the mark on slot 5 of runs [2, 4) and [5, 7) lands on slot 2.
+  using runs = std::vector<attnkit::slot_run>;
+  cache.set_merged(1, 1, {5, 3.0f});
+  cache.retain(1, 1, runs{{2, 4}, {5, 7}});
+  CHECK(cache.merged(1, 1).slot == 2);
+  CHECK(cache.merged(1, 1).count == 3.0f);
+  CHECK(cache.view(1).key(1, 2)[0] == data[5 * 2 + 1]);
+  cache.retain(1, 1, runs{{0, 2}, {3, 4}});
+  CHECK(cache.merged(1, 1).slot == -1);
+  CHECK(cache.view(1).merged_keys == nullptr);
+  cache.append(1, ten, ten);
   cache.set_merged(1, 1, {3, 4.0f});
   cache.clear();
   CHECK(cache.merged(1, 1).slot == -1);
@@ -773,6 +795,20 @@ TEST_CASE("kv_cache: invalid arguments throw, name the problem and change nothin
                     Contains("keep_slots[2] is 2 after keep_slots[1] = 2"));
   CHECK_THROWS_WITH(cache.retain(1, 0, std::vector<index_t>{0, n}),
                     Contains("keep_slots[1] is " + std::to_string(n) + " but head 0 of layer 1"));
+  using runs = std::vector<attnkit::slot_run>;
+  CHECK_THROWS_WITH(cache.retain(1, 0, runs{{0, 3}, {2, 5}}),
+                    Contains("attnkit::kv_cache::retain: keep_runs[1] is [2, 5) after [0, 3), runs "
+                             "must be ascending and not overlap"));
+  CHECK_THROWS_WITH(cache.retain(1, 0, runs{{0, 3}, {4, 4}}),
+                    Contains("keep_runs[1] is [4, 4) but head 0 of layer 1 holds " +
+                             std::to_string(n) + " tokens (runs must be non-empty)"));
+  CHECK_THROWS_WITH(cache.retain(1, 0, runs{{-1, 3}}), Contains("keep_runs[0] is [-1, 3)"));
+  CHECK_THROWS_WITH(cache.retain(1, 0, runs{{1, n + 1}}),
+                    Contains("keep_runs[0] is [1, " + std::to_string(n + 1) + ")"));
+  CHECK_THROWS_WITH(
+      cache.retain(1, 0,
+                   std::span<const attnkit::slot_run>(static_cast<attnkit::slot_run*>(nullptr), 2)),
+      Contains("keep_runs has null data but 2 entries"));
   CHECK_THROWS_WITH(cache.evict(1, 1, std::vector<index_t>{-1, 0}),
                     Contains("attnkit::kv_cache::evict: slots[0] is -1"));
   CHECK_THROWS_WITH(cache.evict(1, 1, std::vector<index_t>{3, 3}),

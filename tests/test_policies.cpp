@@ -106,7 +106,7 @@ void require_exact_budget(const attnkit::paged_kv_view<const T>& view, const bud
     const index_t n = view.length(h);
     INFO("head " << h << " length " << n);
     REQUIRE(keep.kept(h) == std::min(b.keep_count(h, n), n));
-    const auto s = keep.slots(h);
+    const auto s = slots_of(keep, h);
     for (std::size_t i = 0; i < s.size(); ++i) {
       REQUIRE(s[i] >= 0);
       REQUIRE(s[i] < n);
@@ -114,6 +114,20 @@ void require_exact_budget(const attnkit::paged_kv_view<const T>& view, const bud
     }
   }
 }
+
+// A cache type of the engine's: retain takes slots (not runs) and no merged keys can be marked.
+struct slot_retaining_cache {
+  attnkit::kv_cache<float>& cache;
+  attnkit::paged_kv_view<const float> view(index_t layer) const { return cache.view(layer); }
+  index_t length(index_t layer, index_t head) const { return cache.length(layer, head); }
+  void retain(index_t layer, index_t head, std::span<const index_t> slots) {
+    cache.retain(layer, head, slots);
+  }
+  void append_token(index_t layer, index_t head, std::span<const float> key,
+                    std::span<const float> value, position pos) {
+    cache.append_token(layer, head, key, value, pos);
+  }
+};
 
 }  // namespace
 
@@ -148,13 +162,61 @@ TEST_CASE("keep_list: reused without reallocating", "[policies]") {
   attnkit::streaming_policy policy(4);
   keep_list keep;
   policy.select(cache.view(0), 0, budget::tokens(20), keep);
-  const index_t* first = keep.slots(0).data();
-  const index_t* second = keep.slots(1).data();
+  const attnkit::slot_run* first = keep.runs(0).data();
+  const attnkit::slot_run* second = keep.runs(1).data();
+  const index_t* expanded = keep.slots(0).data();
   for (int step = 0; step < 5; ++step) {
     policy.select(cache.view(0), 0, budget::tokens(10 + step), keep);
-    CHECK(keep.slots(0).data() == first);  // cleared, not freed: the same buffer
-    CHECK(keep.slots(1).data() == second);
+    CHECK(keep.runs(0).data() == first);  // cleared, not freed: the same buffer
+    CHECK(keep.runs(1).data() == second);
+    CHECK(keep.slots(1).data() == expanded);  // written out into one reused buffer
   }
+}
+
+TEST_CASE("keep_list: kept slots as merged runs, written out on request", "[policies]") {
+  keep_list keep;
+  keep.reset(3, 4);
+  keep.keep(0, 2);
+  keep.keep(0, 3);  // adjacent: the same run
+  keep.keep_range(0, 4, 7);
+  keep.keep_range(0, 9, 9);  // empty: nothing
+  keep.keep(0, 10);
+  keep.keep_range(1, 0, 5);
+  keep.keep_range(1, 5, 6);
+  CHECK(keep.kept(0) == 6);
+  REQUIRE(keep.runs(0).size() == 2);
+  CHECK(keep.runs(0)[0].begin == 2);
+  CHECK(keep.runs(0)[0].end == 7);
+  CHECK(keep.runs(0)[1].begin == 10);
+  CHECK(keep.runs(0)[1].end == 11);
+  CHECK(keep.runs(1).size() == 1);
+  CHECK(keep.kept(1) == 6);
+  CHECK(keep.kept(2) == 0);
+  CHECK(keep.runs(2).empty());
+  const auto written = keep.slots(0);
+  CHECK(std::vector<index_t>(written.begin(), written.end()) ==
+        std::vector<index_t>{2, 3, 4, 5, 6, 10});
+  CHECK(slots_of(keep, 0) == std::vector<index_t>{2, 3, 4, 5, 6, 10});
+  keep.assign(2, keep.runs(0));
+  CHECK(slots_of(keep, 2) == slots_of(keep, 0));
+  CHECK(keep.kept(2) == 6);
+  keep.reset(2, 4);  // fewer heads: the rest are gone, the first are empty
+  CHECK(keep.kv_heads() == 2);
+  CHECK(keep.kept(0) == 0);
+  CHECK(keep.runs(1).empty());
+
+  // check(): runs out of order, overlapping or past the head's length name the head and runs.
+  auto cache = make_cache(1, 2, 4, 12);
+  keep.keep_range(0, 0, 4);
+  keep.keep_range(1, 5, 8);
+  CHECK_NOTHROW(keep.check("f", cache.view(0)));
+  keep.keep(1, 6);
+  CHECK_THROWS_WITH(keep.check("f", cache.view(0)),
+                    Catch::Contains("f: head 1 keeps slots out of order ([5, 8) then [6, 7))"));
+  keep.reset(2, 4);
+  keep.keep_range(0, 10, 13);
+  CHECK_THROWS_WITH(keep.check("f", cache.view(0)),
+                    Catch::Contains("f: head 0 keeps slots [10, 13) but holds 12 tokens"));
 }
 
 TEST_CASE("full_policy keeps everything", "[policies]") {
@@ -480,6 +542,21 @@ TEST_CASE("head_table: the text format, and strict errors", "[policies]") {
   CHECK_THROWS_WITH(unscored.assign_streaming_by_score(0.5), Catch::Contains("has no score"));
 }
 
+TEST_CASE("compress: a cache whose retain takes slots gets the keep list written out",
+          "[policies]") {
+  // compress() hands kv_cache the runs; a cache type with only retain(layer, head, slots) gets
+  // the same decision slot by slot.
+  auto direct = make_cache(1, 3, 4, 40);
+  auto through_slots = make_cache(1, 3, 4, 40);
+  slot_retaining_cache wrapped{through_slots};
+  keep_list keep;
+  attnkit::random_policy a(7), b(7);
+  attnkit::compress(direct, 0, a, budget::tokens(17), keep);
+  attnkit::compress(wrapped, 0, b, budget::tokens(17), keep);
+  CHECK(snapshot(direct) == snapshot(through_slots));
+  CHECK(direct.length(0, 2) == 17);
+}
+
 TEST_CASE("invalid budgets, tables and shapes throw with the cache unchanged", "[policies]") {
   auto cache = make_cache(2, 3, 4, 12);
   const cache_snapshot before = snapshot(cache);
@@ -497,20 +574,9 @@ TEST_CASE("invalid budgets, tables and shapes throw with the cache unchanged", "
   attnkit::razor_policy razor(one_layer);
   CHECK_THROWS_WITH(attnkit::compress(cache, 1, razor, budget::tokens(4), keep),
                     Catch::Contains("layer_index is 1 but the head table has 1 layers"));
-  // A cache type that cannot mark a merged key cannot take a compensation token.
-  struct cache_without_marks {
-    attnkit::kv_cache<float>& cache;
-    attnkit::paged_kv_view<const float> view(index_t layer) const { return cache.view(layer); }
-    index_t length(index_t layer, index_t head) const { return cache.length(layer, head); }
-    void retain(index_t layer, index_t head, std::span<const index_t> slots) {
-      cache.retain(layer, head, slots);
-    }
-    void append_token(index_t layer, index_t head, std::span<const float> key,
-                      std::span<const float> value, position pos) {
-      cache.append_token(layer, head, key, value, pos);
-    }
-  };
-  cache_without_marks unmarked{cache};
+  // A cache type that cannot mark a merged key (slot_retaining_cache) cannot take a compensation
+  // token.
+  slot_retaining_cache unmarked{cache};
   CHECK_THROWS_WITH(attnkit::compress(unmarked, 0, razor, budget::tokens(4), keep),
                     Catch::Contains("attnkit::compress: the policy folded head 0's dropped tokens "
                                     "into a compensation token, but the cache type has no "

@@ -14,8 +14,10 @@ namespace attnkit_test {
 // The slots a keep list keeps in `head`, in order.
 inline std::vector<attnkit::index_t> slots_of(const attnkit::keep_list& keep,
                                               attnkit::index_t head) {
-  const auto s = keep.slots(head);
-  return {s.begin(), s.end()};
+  std::vector<attnkit::index_t> slots;
+  for (const attnkit::slot_run& run : keep.runs(head))
+    for (attnkit::index_t slot = run.begin; slot < run.end; ++slot) slots.push_back(slot);
+  return slots;
 }
 
 // The positions of every slot of (layer, head), in slot order.

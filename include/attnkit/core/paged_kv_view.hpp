@@ -46,6 +46,14 @@ struct merged_key {
   float count = 1.0f;
 };
 
+// Slots [begin, end) of one KV head: how a keep list names what a head keeps (kvcache/policy.hpp)
+// and how kv_cache::retain can take it.
+struct slot_run {
+  index_t begin = 0;
+  index_t end = 0;
+  index_t size() const noexcept { return end - begin; }
+};
+
 template <class T>  // float, half or bfloat16, usually const
 struct paged_kv_view {
   T* keys = nullptr;                    // page pool of keys

@@ -31,6 +31,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <memory>
 #include <span>
 #include <vector>
@@ -130,12 +131,17 @@ class attention_scores {
     const index_t heads = std::min(s.kv_heads, keep.kv_heads());
     for (index_t h = 0; h < heads; ++h) {
       float* row = s.data.data() + h * s.capacity;
-      const std::span<const index_t> slots = keep.slots(h);
-      const index_t kept = std::min(static_cast<index_t>(slots.size()), s.capacity);
-      // slots[i] >= i (ascending, unique), so an ascending copy never overwrites a source.
-      for (index_t i = 0; i < kept; ++i) {
-        const index_t from = slots[static_cast<std::size_t>(i)];
-        row[i] = from < s.capacity ? row[from] : 0.0f;
+      // Run by run: a run's first slot is at or after where it lands (ascending, no overlap), so
+      // moving runs down in order never overwrites a source. Slots past the table score 0.
+      index_t kept = 0;
+      for (const slot_run& run : keep.runs(h)) {
+        const index_t count = std::min(run.size(), s.capacity - kept);
+        if (count <= 0) break;
+        const index_t present = std::clamp<index_t>(s.capacity - run.begin, 0, count);
+        std::memmove(row + kept, row + run.begin,
+                     static_cast<std::size_t>(present) * sizeof(float));
+        std::fill(row + kept + present, row + kept + count, 0.0f);
+        kept += count;
       }
       for (index_t j = kept; j < s.extent; ++j) row[j] = 0.0f;
       extent = std::max(extent, kept);

@@ -15,9 +15,10 @@
 // attnkit::error from select or the checks, the cache and the policy are as they were.
 //
 // The cache is any type with kv_cache<T>'s members (kvcache/kv_cache.hpp): view(layer),
-// length(layer, head), retain(layer, head, slots), append_token(layer, head, key, value,
-// position), and for policies that fold tokens into a compensation token (razor_policy),
-// set_merged(layer, head, merged_key); without it such a keep list is an error.
+// length(layer, head), retain(layer, head, slots) (or retain(layer, head, runs), which compress
+// prefers: keep_list::runs), append_token(layer, head, key, value, position), and for policies that
+// fold tokens into a compensation token (razor_policy), set_merged(layer, head, merged_key);
+// without it such a keep list is an error.
 #pragma once
 
 #include <concepts>
@@ -64,8 +65,14 @@ void compress(Cache& cache, index_t layer, Policy& policy, const budget& b, keep
                       keep.compensation(h).count, " tokens it stands for");
   }
   // The view is stale after the first mutation: lengths are asked of the cache from here on.
-  for (index_t h = 0; h < keep.kv_heads(); ++h)
-    if (keep.kept(h) != cache.length(layer, h)) cache.retain(layer, h, keep.slots(h));
+  // A cache that takes runs (kv_cache does) gets them; any other gets the slots written out.
+  for (index_t h = 0; h < keep.kv_heads(); ++h) {
+    if (keep.kept(h) == cache.length(layer, h)) continue;
+    if constexpr (requires { cache.retain(layer, h, keep.runs(h)); })
+      cache.retain(layer, h, keep.runs(h));
+    else
+      cache.retain(layer, h, keep.slots(h));
+  }
   for (index_t h = 0; h < keep.kv_heads(); ++h) {
     if (!keep.has_compensation(h)) continue;
     const compensation_token& token = keep.compensation(h);

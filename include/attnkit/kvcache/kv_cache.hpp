@@ -294,19 +294,33 @@ class kv_cache {
     constexpr const char* fn = "attnkit::kv_cache::retain";
     check_head(fn, layer, head);
     check_slots(fn, "keep_slots", layer, head, keep_slots);
-    const index_t kept = static_cast<index_t>(keep_slots.size());
-    index_t i = 0;
-    while (i < kept && keep_slots[static_cast<std::size_t>(i)] == i) ++i;  // already in place
-    for (; i < kept; ++i) move_row(layer, head, keep_slots[static_cast<std::size_t>(i)], i);
-    shrink_head(layer, head, kept);
-    merged_key& mark =
-        layers_[static_cast<std::size_t>(layer)].merged[static_cast<std::size_t>(head)];
-    if (mark.slot >= 0) {
-      const auto found = std::lower_bound(keep_slots.begin(), keep_slots.end(), mark.slot);
-      const bool kept_it = found != keep_slots.end() && *found == mark.slot;
-      mark = kept_it ? merged_key{static_cast<index_t>(found - keep_slots.begin()), mark.count}
-                     : merged_key{};
+    retain_rows(layer, head, static_cast<index_t>(keep_slots.size()), [&](auto&& keep_slot) {
+      for (const index_t slot : keep_slots) keep_slot(slot);
+    });
+  }
+  // The same with the kept slots as runs (ascending, non-empty, not overlapping, within the
+  // length), as a keep_list holds them (compress() uses this one).
+  void retain(index_t layer, index_t head, std::span<const slot_run> keep_runs) {
+    constexpr const char* fn = "attnkit::kv_cache::retain";
+    check_head(fn, layer, head);
+    const index_t n = length_of(layer, head);
+    detail::require(keep_runs.data() != nullptr || keep_runs.empty(), fn,
+                    ": keep_runs has null data but ", keep_runs.size(), " entries");
+    index_t kept = 0;
+    for (std::size_t i = 0; i < keep_runs.size(); ++i) {
+      const slot_run r = keep_runs[i];
+      detail::require(r.begin >= 0 && r.begin < r.end && r.end <= n, fn, ": keep_runs[", i,
+                      "] is [", r.begin, ", ", r.end, ") but head ", head, " of layer ", layer,
+                      " holds ", n, " tokens (runs must be non-empty)");
+      detail::require(i == 0 || r.begin >= keep_runs[i - 1].end, fn, ": keep_runs[", i, "] is [",
+                      r.begin, ", ", r.end, ") after [", keep_runs[i - 1].begin, ", ",
+                      keep_runs[i - 1].end, "), runs must be ascending and not overlap");
+      kept += r.size();
     }
+    retain_rows(layer, head, kept, [&](auto&& keep_slot) {
+      for (const slot_run& r : keep_runs)
+        for (index_t slot = r.begin; slot < r.end; ++slot) keep_slot(slot);
+    });
   }
 
   // The complement: evicts the given slots (ascending, unique, each < length), keeps the rest.
@@ -612,6 +626,23 @@ class kv_cache {
   }
 
   // Copies slot `from` of a head to slot `to` (to < from: compaction only moves rows down).
+  // retain() once its arguments are checked: for_each_kept(keep_slot) calls keep_slot(slot) for
+  // the `kept` kept slots, ascending.
+  template <class ForEachKept>
+  void retain_rows(index_t layer, index_t head, index_t kept, ForEachKept&& for_each_kept) {
+    merged_key& mark =
+        layers_[static_cast<std::size_t>(layer)].merged[static_cast<std::size_t>(head)];
+    merged_key moved_mark{};  // the mark follows its slot, or goes with it
+    index_t to = 0;
+    for_each_kept([&](index_t slot) {
+      if (slot != to) move_row(layer, head, slot, to);  // slot >= to: ascending and unique
+      if (slot == mark.slot) moved_mark = {to, mark.count};
+      ++to;
+    });
+    shrink_head(layer, head, kept);
+    mark = moved_mark;
+  }
+
   void move_row(index_t layer, index_t head, index_t from, index_t to) noexcept {
     const auto bytes = static_cast<std::size_t>(config_.head_dim) * sizeof(T);
     std::memcpy(key_ptr(layer, head, to), key_ptr(layer, head, from), bytes);

@@ -145,9 +145,9 @@ struct compensation_token {
 
 namespace detail {
 
-// std::allocator whose resize() leaves new elements of a trivial type unwritten: keep_range
-// writes every slot it adds anyway, and a decode step's select adds 32K of them per head, so the
-// zero fill of std::vector would double the list's memory traffic.
+// std::allocator whose resize() leaves new elements of a trivial type unwritten: keep_list::slots
+// writes every slot it adds anyway, 32K of them for a head of a 32K decode step, so the zero fill
+// of std::vector would double that memory traffic.
 template <class E>
 struct uninitialized_allocator : std::allocator<E> {
   template <class U>
@@ -169,21 +169,26 @@ struct uninitialized_allocator : std::allocator<E> {
 
 }  // namespace detail
 
-// What select() decided for one layer: per KV head, the ascending slots to keep and at most one
-// compensation token. Reused across calls: reset() clears it and keeps every buffer's capacity.
+// What select() decided for one layer: per KV head, the kept slots as ascending runs of
+// consecutive slots, and at most one compensation token. Runs rather than a slot per kept token:
+// a decode step that evicts one token of 32K keeps two runs per head, so select() writes (and
+// compress() and the score tables read) a few entries instead of 32K per head. Reused across
+// calls: reset() clears it and keeps every buffer's capacity.
 class keep_list {
  public:
   void reset(index_t kv_heads, index_t head_dim) {
     kv_heads_ = kv_heads;
     head_dim_ = head_dim;
     const auto heads = static_cast<std::size_t>(kv_heads);
-    if (slots_.size() < heads) {
-      slots_.resize(heads);
+    if (runs_.size() < heads) {
+      runs_.resize(heads);
+      kept_.resize(heads);
       compensations_.resize(heads);
       has_compensation_.resize(heads, 0);
     }
     for (std::size_t h = 0; h < heads; ++h) {
-      slots_[h].clear();
+      runs_[h].clear();
+      kept_[h] = 0;
       has_compensation_[h] = 0;
     }
   }
@@ -191,25 +196,40 @@ class keep_list {
   index_t kv_heads() const noexcept { return kv_heads_; }
   index_t head_dim() const noexcept { return head_dim_; }
 
-  std::span<const index_t> slots(index_t head) const noexcept {
-    return slots_[static_cast<std::size_t>(head)];
+  // The head's kept slots as runs, ascending; adjacent keeps are merged into one run.
+  std::span<const slot_run> runs(index_t head) const noexcept {
+    return runs_[static_cast<std::size_t>(head)];
   }
-  index_t kept(index_t head) const noexcept {
-    return static_cast<index_t>(slots_[static_cast<std::size_t>(head)].size());
-  }
+  index_t kept(index_t head) const noexcept { return kept_[static_cast<std::size_t>(head)]; }
 
   // Appends slots; the caller keeps them ascending (compress() checks).
-  void keep(index_t head, index_t slot) { slots_[static_cast<std::size_t>(head)].push_back(slot); }
+  void keep(index_t head, index_t slot) { keep_range(head, slot, slot + 1); }
   void keep_range(index_t head, index_t begin, index_t end) {
     if (end <= begin) return;
-    slot_list& s = slots_[static_cast<std::size_t>(head)];
-    const std::size_t at = s.size();
-    s.resize(at + static_cast<std::size_t>(end - begin));
-    index_t* out = s.data() + at;
-    for (index_t i = 0; i < end - begin; ++i) out[i] = begin + i;  // vectorises, unlike push_back
+    const auto h = static_cast<std::size_t>(head);
+    std::vector<slot_run>& runs = runs_[h];
+    if (!runs.empty() && runs.back().end == begin)
+      runs.back().end = end;
+    else
+      runs.push_back({begin, end});
+    kept_[h] += end - begin;
   }
-  void assign(index_t head, std::span<const index_t> slots) {
-    slots_[static_cast<std::size_t>(head)].assign(slots.begin(), slots.end());
+  // Replaces the head's kept slots (runs ascending; `runs` may be another head's of this list).
+  void assign(index_t head, std::span<const slot_run> runs) {
+    const auto h = static_cast<std::size_t>(head);
+    runs_[h].assign(runs.begin(), runs.end());
+    kept_[h] = 0;
+    for (const slot_run& run : runs) kept_[h] += run.size();
+  }
+
+  // The head's kept slots one by one, ascending, written out into a buffer of the list: valid
+  // until the list changes or writes out another head. For caches whose retain() takes slots.
+  std::span<const index_t> slots(index_t head) {
+    expanded_.resize(static_cast<std::size_t>(kept(head)));
+    index_t* out = expanded_.data();
+    for (const slot_run& run : runs(head))
+      for (index_t slot = run.begin; slot < run.end; ++slot) *out++ = slot;  // vectorises
+    return expanded_;
   }
 
   bool has_compensation(index_t head) const noexcept {
@@ -237,13 +257,15 @@ class keep_list {
     detail::require(kv_heads_ == layer.kv_heads, function, ": the keep list has ", kv_heads_,
                     " heads but the layer has ", layer.kv_heads);
     for (index_t h = 0; h < kv_heads_; ++h) {
-      const std::span<const index_t> s = slots(h);
+      const std::span<const slot_run> r = runs(h);
       const index_t n = layer.length(h);
-      for (std::size_t i = 0; i < s.size(); ++i) {
-        detail::require(s[i] >= 0 && s[i] < n, function, ": head ", h, " keeps slot ", s[i],
-                        " but holds ", n, " tokens");
-        detail::require(i == 0 || s[i] > s[i - 1], function, ": head ", h,
-                        " keeps slots out of order (", s[i - 1], " then ", s[i], ")");
+      for (std::size_t i = 0; i < r.size(); ++i) {
+        detail::require(r[i].begin >= 0 && r[i].end <= n && r[i].begin < r[i].end, function,
+                        ": head ", h, " keeps slots [", r[i].begin, ", ", r[i].end, ") but holds ",
+                        n, " tokens");
+        detail::require(i == 0 || r[i].begin >= r[i - 1].end, function, ": head ", h,
+                        " keeps slots out of order ([", r[i - 1].begin, ", ", r[i - 1].end,
+                        ") then [", r[i].begin, ", ", r[i].end, "))");
       }
       if (has_compensation(h)) {
         const compensation_token& c = compensation(h);
@@ -261,8 +283,9 @@ class keep_list {
  private:
   index_t kv_heads_ = 0;
   index_t head_dim_ = 0;
-  using slot_list = std::vector<index_t, detail::uninitialized_allocator<index_t>>;
-  std::vector<slot_list> slots_;
+  std::vector<std::vector<slot_run>> runs_;
+  std::vector<index_t> kept_;
+  std::vector<index_t, detail::uninitialized_allocator<index_t>> expanded_;
   std::vector<compensation_token> compensations_;
   std::vector<unsigned char> has_compensation_;
 };

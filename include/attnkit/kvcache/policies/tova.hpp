@@ -25,6 +25,7 @@
 #include "attnkit/core/config.hpp"
 #include "attnkit/core/error.hpp"
 #include "attnkit/core/paged_kv_view.hpp"
+#include "attnkit/core/simd_include.hpp"
 #include "attnkit/kvcache/attention_scores.hpp"
 #include "attnkit/kvcache/policy.hpp"
 #include "attnkit/kvcache/scored_select.hpp"
@@ -66,7 +67,7 @@ class tova_policy : public detail::observed_scores {
     const std::span<float> scores = scratch_.for_head(n);
     score(layer, layer_index, 0, count, scores);
     detail::keep_best(scratch_.top, scores, count, keep, 0);
-    for (index_t h = 1; h < layer.kv_heads; ++h) keep.assign(h, keep.slots(0));
+    for (index_t h = 1; h < layer.kv_heads; ++h) keep.assign(h, keep.runs(0));
   }
   // Scorer interface: the current query's weights, averaged over the layer's query heads
   // (layer-wise) or summed over the head's group (per_head; the same order as the average).
@@ -92,21 +93,33 @@ class tova_policy : public detail::observed_scores {
       std::copy(mass.begin(), mass.end(), out.begin());
       return;
     }
-    std::fill(out.begin(), out.end(), 0.0f);
-    for (index_t h = 0; h < layer.kv_heads; ++h) {
-      const std::span<const float> mass = scores_.head(fn, layer_index, layer.kv_heads, h, n);
-      for (index_t j = 0; j < n; ++j)
-        out[static_cast<std::size_t>(j)] += mass[static_cast<std::size_t>(j)];
-    }
     // Σ over KV heads of the group sums is Σ over every query head: divided by q_heads (as the
-    // observed calls reported it) it is the average the paper ranks by.
+    // observed calls reported it) it is the average the paper ranks by. A vector of slots at a
+    // time over every head's row: one pass over the tables, the sum in a register (the same
+    // additions in the same order as head by head over the whole row, so the same bits).
+    heads_.clear();
+    for (index_t h = 0; h < layer.kv_heads; ++h)
+      heads_.push_back(scores_.head(fn, layer_index, layer.kv_heads, h, n).data());
     const float inverse =
         1.0f / static_cast<float>(std::max<index_t>(1, scores_.q_heads(layer_index)));
-    for (float& s : out) s *= inverse;
+    using batch = xsimd::batch<float>;
+    constexpr index_t width = static_cast<index_t>(batch::size);
+    index_t j = 0;
+    for (; j + width <= n; j += width) {
+      batch sum(0.0f);
+      for (const float* mass : heads_) sum += batch::load_unaligned(mass + j);
+      (sum * batch(inverse)).store_unaligned(out.data() + j);
+    }
+    for (; j < n; ++j) {
+      float sum = 0.0f;
+      for (const float* mass : heads_) sum += mass[j];
+      out[static_cast<std::size_t>(j)] = sum * inverse;
+    }
   }
 
  private:
   tova_options options_;
+  std::vector<const float*> heads_;  // each KV head's score row, for score()
 };
 
 }  // namespace attnkit
