@@ -625,7 +625,6 @@ class kv_cache {
     pages_held_ += new_pages;
   }
 
-  // Copies slot `from` of a head to slot `to` (to < from: compaction only moves rows down).
   // retain() once its arguments are checked: for_each_kept(keep_slot) calls keep_slot(slot) for
   // the `kept` kept slots, ascending.
   template <class ForEachKept>
@@ -643,6 +642,7 @@ class kv_cache {
     mark = moved_mark;
   }
 
+  // Copies slot `from` of a head to slot `to` (to < from: compaction only moves rows down).
   void move_row(index_t layer, index_t head, index_t from, index_t to) noexcept {
     const auto bytes = static_cast<std::size_t>(config_.head_dim) * sizeof(T);
     std::memcpy(key_ptr(layer, head, to), key_ptr(layer, head, from), bytes);
