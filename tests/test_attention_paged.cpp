@@ -626,18 +626,11 @@ TEST_CASE("paged attention: observers see each head's own keys", "[paged][observ
   auto out = make_tensor3<float>(1, 16, 128);
   // On the serial executor each head is one unsplit item that adds its own rows (with its own
   // length, 0 and 1 included): bit for bit what adding the delivered rows gives.
-  struct row_adder {
-    std::vector<float>* mass;
-    void operator()(const attnkit::observed_row& r) const {
-      for (std::size_t j = 0; j < r.probabilities.size(); ++j)
-        (*mass)[static_cast<std::size_t>(r.kv_head * 900) + j] += r.probabilities[j];
-    }
-  };
   for (const any_executor* executor :
        {static_cast<const any_executor*>(nullptr), serial_executor()}) {
     std::vector<float> mass(4 * 900, 0.0f), by_rows(mass.size(), 0.0f);
     attnkit::accumulate_key_mass key_mass({mass.data(), {4, 900}});
-    row_adder adder{&by_rows};
+    row_adder adder{{by_rows.data(), {4, 900}}};
     attnkit::attention_options options;
     options.observer = key_mass;
     cpu_paged<float>(q.cview(), cache.view(), out.view(), causal_mask, options, executor);

@@ -388,13 +388,6 @@ TEST_CASE("observers: the kernel's direct key-mass sum equals adding the deliver
   // itself, 1024 keys at a time; a callable that adds the same rows from observed_row gets them
   // materialised one by one. Same additions in the same order: the tables must be bit-identical
   // (keys past a chunk boundary, windows cutting chunks, a split decode, a prefill window).
-  struct row_adder {
-    tensor_view<float, 2> mass;
-    void operator()(const observed_row& r) const {
-      float* destination = mass.data() + r.kv_head * mass.stride(0);
-      for (std::size_t j = 0; j < r.probabilities.size(); ++j) destination[j] += r.probabilities[j];
-    }
-  };
   struct run {
     attention_case c;
     any_mask mask;

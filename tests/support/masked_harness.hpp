@@ -27,6 +27,16 @@
 
 namespace attnkit_test {
 
+// An observer that adds each delivered row into its KV head's row of a [kv_heads][keys] table,
+// in delivery order: what a key-mass observer's own sum must equal bit for bit.
+struct row_adder {
+  attnkit::tensor_view<float, 2> mass;
+  void operator()(const attnkit::observed_row& r) const {
+    float* destination = mass.data() + r.kv_head * mass.stride(0);
+    for (std::size_t j = 0; j < r.probabilities.size(); ++j) destination[j] += r.probabilities[j];
+  }
+};
+
 // Runs items serially but claims 64 threads: kernels that split the KV range for parallelism
 // (flash-decoding) then split as they would on a big machine, whatever the machine running the
 // tests, so the split and merge paths with sparse spans are exercised deterministically.

@@ -451,7 +451,8 @@ void run_attention(tensor_view<const TQ, 3> q, const kv_source<TKV>& kv, tensor_
                                  16)
                       : 0;
   const index_t item_kept_floats =
-      deliver_in_item ? item_rows_floats + round_up(observed_chunk, 16) : 0;
+      deliver_in_item ? item_rows_floats + round_up(delivery_scratch_floats(p, p.kv_tokens), 16)
+                      : 0;
 
   tile_context<TKV> context{kv.k, kv.v, &p, dp, rp};
   context.mask = &mask;
