@@ -24,6 +24,12 @@
 //   cpu_util       process CPU time / (wall time × threads): ~1 when every thread had a core;
 //                  lower means idle threads (imbalance) or a contended machine (other processes).
 //   kv_copies      (decode) copies of K/V rotated through, see below.
+//   read_GB/s_near (decode) the read ceiling measured right before and right after the
+//                  benchmark's timed loop (best of 3 passes each, the higher of the two), and
+//   near_fraction  KV_GB/s over it. A VM's memory can move between states minutes apart (the
+//                  2-thread probe of one machine read ~35 and ~60 GB/s in the same hour,
+//                  bench/RESULTS.md): the start-of-run ceiling may not be the one the row ran
+//                  under. Taking the higher probe keeps the ratio conservative.
 //
 // Decode reads a cold cache: the benchmark keeps enough copies of K and V to cover the
 // bandwidth probe's buffer (>= 1 GiB) and rotates through them, so each call streams its KV
@@ -359,6 +365,8 @@ void bm_decode(benchmark::State& state, decode_shape s, impl which, threading t)
   const attnkit::causal mask{};
   state.counters["kv_copies"] = benchmark::Counter(double(copies));
 
+  const std::size_t threads = threads_of(t);
+  const double read_before = attnkit_bench::measure_read_bandwidth_gbs(threads, 0, 3);
   loop_time time;
   with_executor(t, [&](auto& executor) {
     const auto qv = q.cview(1, s.q_heads, d);
@@ -382,8 +390,14 @@ void bm_decode(benchmark::State& state, decode_shape s, impl which, threading t)
       });
     }
   });
+  const double read_near =
+      std::max(read_before, attnkit_bench::measure_read_bandwidth_gbs(threads, 0, 3));
   set_counters(state, attnkit_bench::attention_flops(mask, 1, n_kv, s.q_heads, d), bytes, time,
-               threads_of(t), peak_for(t).read_gbs, /*bandwidth_bound=*/true);
+               threads, peak_for(t).read_gbs, /*bandwidth_bound=*/true);
+  const double calls = double(std::max<benchmark::IterationCount>(state.iterations(), 1));
+  state.counters["read_GB/s_near"] = benchmark::Counter(read_near);
+  state.counters["near_fraction"] =
+      benchmark::Counter(bytes * 1e-9 * calls / time.wall / read_near);
 }
 
 // ------------------------------------------------------------------------------------------------
