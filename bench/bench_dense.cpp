@@ -127,6 +127,12 @@ loop_time timed_loop(benchmark::State& state, Call&& call) {
   return {wall, process_cpu_seconds() - cpu_start};
 }
 
+// Giga-units per second of `per_call` units over the loop's calls (wall-clock time).
+double giga_per_second(const benchmark::State& state, double per_call, loop_time time) {
+  const double calls = double(std::max<benchmark::IterationCount>(state.iterations(), 1));
+  return per_call * 1e-9 * calls / time.wall;
+}
+
 // GFLOP/s and KV_GB/s are rates over the framework's (wall-clock) time. peak_fraction is a plain
 // ratio to the measured ceiling. cpu_util = process CPU time / (wall time × threads): near 1 when
 // every thread had a core to itself for the whole call; lower when the kernel left threads idle
@@ -136,8 +142,7 @@ void set_counters(benchmark::State& state, double flops, double bytes, loop_time
   using benchmark::Counter;
   state.counters["GFLOP/s"] = Counter(flops * 1e-9, Counter::kIsIterationInvariantRate);
   state.counters["KV_GB/s"] = Counter(bytes * 1e-9, Counter::kIsIterationInvariantRate);
-  const double calls = double(std::max<benchmark::IterationCount>(state.iterations(), 1));
-  const double achieved = (bandwidth_bound ? bytes : flops) * 1e-9 * calls / time.wall;
+  const double achieved = giga_per_second(state, bandwidth_bound ? bytes : flops, time);
   state.counters["peak_fraction"] = Counter(peak_value > 0.0 ? achieved / peak_value : 0.0);
   state.counters["cpu_util"] = Counter(time.cpu / (time.wall * double(threads)));
 }
@@ -394,10 +399,9 @@ void bm_decode(benchmark::State& state, decode_shape s, impl which, threading t)
       std::max(read_before, attnkit_bench::measure_read_bandwidth_gbs(threads, 0, 3));
   set_counters(state, attnkit_bench::attention_flops(mask, 1, n_kv, s.q_heads, d), bytes, time,
                threads, peak_for(t).read_gbs, /*bandwidth_bound=*/true);
-  const double calls = double(std::max<benchmark::IterationCount>(state.iterations(), 1));
   state.counters["read_GB/s_near"] = benchmark::Counter(read_near);
   state.counters["near_fraction"] =
-      benchmark::Counter(bytes * 1e-9 * calls / time.wall / read_near);
+      benchmark::Counter(giga_per_second(state, bytes, time) / read_near);
 }
 
 // ------------------------------------------------------------------------------------------------
